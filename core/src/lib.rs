@@ -19,6 +19,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod datapath;
 pub mod flow;
 pub mod ids;
 pub mod wire;
