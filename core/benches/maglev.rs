@@ -252,7 +252,7 @@ fn main() {
 
     let (pw1000, cr1000) = build[&1000];
     let (pw100, cr100) = build[&100];
-    summary.push(format!("\"bench\":\"maglev\""));
+    summary.push("\"bench\":\"maglev\"".to_string());
     summary.push(format!("\"build_ms_n1000\":{pw1000:.3}"));
     summary.push(format!("\"maglev_crate_build_ms_n1000\":{cr1000:.3}"));
     summary.push(format!("\"build_ratio\":{:.1}", cr1000 / pw1000));
@@ -262,7 +262,10 @@ fn main() {
     summary.push(format!("\"build_ms_n100\":{pw100:.3}"));
     summary.push(format!("\"maglev_crate_build_ms_n100\":{cr100:.3}"));
     summary.push(format!("\"max_imbalance_pct_n1000\":{:.3}", imb[&1000]));
-    summary.push(format!("\"disruption_vs_ideal_n1000\":{:.3}", d1000 * 1000.0));
+    summary.push(format!(
+        "\"disruption_vs_ideal_n1000\":{:.3}",
+        d1000 * 1000.0
+    ));
     summary.push(format!(
         "\"maglev_crate_disruption_vs_ideal_n100\":{:.3}",
         dc100 * 100.0
