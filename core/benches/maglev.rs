@@ -15,7 +15,8 @@
 //! * disruption: remove one of N backends, count the table entries whose backend
 //!   changed, divide by M; mean over removals of many different backends;
 //!   `disruption_vs_ideal` = that fraction / (1/N) (1.0 would be perfect consistency),
-//!   for N = 100 (summary) and N = 1000, and for the crate at N = 100.
+//!   for N = 100 (summary) and N = 1000, and for the crate at N = 100; and for
+//!   N = 100 at M from 16381 to 655373, to show how it falls as M/N grows.
 //!
 //! Run: `cargo bench -p podwire-core --bench maglev`.
 
@@ -94,7 +95,11 @@ fn imbalance_pct(c: &[usize], total: usize) -> f64 {
 }
 
 fn built(b: &[MaglevBackend]) -> Vec<u16> {
-    let mut table = vec![0u16; M];
+    built_m(b, M)
+}
+
+fn built_m(b: &[MaglevBackend], m: usize) -> Vec<u16> {
+    let mut table = vec![0u16; m];
     let mut scratch = vec![MaglevScratch::ZERO; scratch_len(b.len())];
     build(&mut table, b, &mut scratch).unwrap();
     table
@@ -103,16 +108,20 @@ fn built(b: &[MaglevBackend]) -> Vec<u16> {
 /// Mean fraction of entries that change backend when one backend is removed, over
 /// `removals` evenly spread removed backends.
 fn disruption_podwire(n: usize, removals: usize) -> f64 {
+    disruption_podwire_m(n, removals, M)
+}
+
+fn disruption_podwire_m(n: usize, removals: usize, m: usize) -> f64 {
     let b = podwire_backends(&addrs(n));
-    let base = built(&b);
+    let base = built_m(&b, m);
     let mut sum = 0.0;
     for k in 0..removals {
         let r = k * n / removals;
         let mut b2 = b.clone();
         b2[r].weight = 0; // excluded; indices of the others unchanged
-        let t = built(&b2);
+        let t = built_m(&b2, m);
         let moved = base.iter().zip(&t).filter(|(x, y)| x != y).count();
-        sum += moved as f64 / M as f64;
+        sum += moved as f64 / m as f64;
     }
     sum / removals as f64
 }
@@ -247,6 +256,16 @@ fn main() {
             "{{\"case\":\"disruption\",\"impl\":\"{who}\",\"m\":{M},\"n\":{n},\"removals\":{removals},\"moved_fraction\":{d:.5},\"ideal\":{:.5},\"vs_ideal\":{:.3}}}",
             1.0 / n as f64,
             d * n as f64
+        );
+    }
+
+    // How disruption depends on M/N (the table-size trade-off of Maglev).
+    for m in [16381usize, 65537, 262147, 655373] {
+        let d = disruption_podwire_m(100, 20, m);
+        println!(
+            "{{\"case\":\"disruption_vs_table_size\",\"impl\":\"podwire\",\"m\":{m},\"n\":100,\"m_over_n\":{},\"removals\":20,\"vs_ideal\":{:.3}}}",
+            m / 100,
+            d * 100.0
         );
     }
 
