@@ -22,6 +22,8 @@ extern crate std;
 pub mod datapath;
 pub mod flow;
 pub mod ids;
+pub mod maglev;
+pub mod service;
 pub mod wire;
 
 pub use smoltcp::time::{Duration, Instant};
