@@ -40,7 +40,7 @@ fn measure(name: &str, iters: u32, mut f: impl FnMut(u32)) -> (f64, f64) {
 fn next_fit_per_address(cursor: u32, taken: impl Fn(u32) -> bool) -> Option<u32> {
     (1..=SIZE)
         .map(|i| (cursor + i) % SIZE)
-        .find(|&o| o >= 2 && o < SIZE - 1 && !taken(o))
+        .find(|&o| (2..SIZE - 1).contains(&o) && !taken(o))
 }
 
 fn main() {
