@@ -262,7 +262,9 @@ impl<F: AddressFamily, const WORDS: usize> BlockAllocator<F, WORDS> {
             self.cidr.prefix_len(),
             0,
         ])?;
-        w.put(&(len as u32).to_be_bytes())?;
+        let declared =
+            u32::try_from(len).map_err(|_| SnapshotError::BadLength { declared: len })?;
+        w.put(&declared.to_be_bytes())?;
         w.put_addr_bits(F::to_bits(self.cidr.network()), F::ADDR_LEN)?;
         w.put(&self.cursor.to_be_bytes())?;
         w.put(&self.allocated.to_be_bytes())?;
