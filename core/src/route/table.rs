@@ -169,6 +169,15 @@ impl RouteLayout {
         }
     }
 
+    /// A direct-array size for a table of about `prefixes` routes: `log2(prefixes)
+    /// + 2` bits, clamped to 6..=18. Small tables get a small array that stays in
+    /// cache (and in a microcontroller's RAM), a full internet-size table the
+    /// 18 bits (1 MiB) that end most `/24`s in the first node.
+    pub fn suggested_direct_bits(prefixes: usize) -> u8 {
+        let log2 = usize::BITS - prefixes.max(1).saturating_sub(1).leading_zeros();
+        (log2 + 2).clamp(6, 18) as u8
+    }
+
     /// Bytes of this layout for address family `A`.
     pub fn bytes<A: RouteAddress>(&self) -> usize {
         self.direct * 4

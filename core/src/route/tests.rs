@@ -491,3 +491,12 @@ proptest! {
         run_ops(k, layout, &ops, &extra)?;
     }
 }
+
+#[test]
+fn suggested_direct_bits() {
+    assert_eq!(RouteLayout::suggested_direct_bits(0), 6);
+    assert_eq!(RouteLayout::suggested_direct_bits(100), 9);
+    assert_eq!(RouteLayout::suggested_direct_bits(1000), 12);
+    assert_eq!(RouteLayout::suggested_direct_bits(1 << 20), 18);
+    assert_eq!(RouteLayout::suggested_direct_bits(usize::MAX), 18);
+}
