@@ -93,7 +93,7 @@ impl Rng {
     }
 }
 
-const SEED: u64 = 0x5eed_0f_b0d_1e;
+const SEED: u64 = 0x05ee_d0fb_0d1e;
 const KEYS: usize = 1 << 19;
 const ROUNDS: usize = 11;
 /// Distinct next hops (remote nodes) the routes point at.

@@ -328,15 +328,15 @@ impl Fib<'_> {
         self.dry = true;
         let counted = self.build_range(direct, k, routes, 0, 1usize << k);
         self.dry = false;
-        let result = counted.and_then(|()| {
-            if self.node_top > self.nodes.len() || self.node_top > NODE_FLAG as usize {
-                Err(RouteError::NodesFull)
-            } else if self.leaf_top > self.leaves.len() {
-                Err(RouteError::LeavesFull)
-            } else {
-                Ok(())
-            }
-        });
+        let result = if counted.is_err() {
+            counted
+        } else if self.node_top > self.nodes.len() || self.node_top > NODE_FLAG as usize {
+            Err(RouteError::NodesFull)
+        } else if self.leaf_top > self.leaves.len() {
+            Err(RouteError::LeavesFull)
+        } else {
+            Ok(())
+        };
         self.node_top = node_top;
         self.leaf_top = leaf_top;
         result
@@ -456,7 +456,7 @@ impl<'a, A: RouteAddress> RouteTable<'a, A> {
     /// between 2 and 2^24 slots.
     pub fn new(storage: RouteStorage<'a, A>) -> Result<Self, RouteError> {
         let n = storage.direct.len();
-        if !n.is_power_of_two() || n < 2 || n > 1 << MAX_DIRECT_BITS {
+        if !n.is_power_of_two() || !(2..=1 << MAX_DIRECT_BITS).contains(&n) {
             return Err(RouteError::BadStorage);
         }
         let k = n.trailing_zeros();

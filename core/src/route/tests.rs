@@ -349,7 +349,7 @@ fn arb_prefix() -> impl Strategy<Value = Ipv4Prefix> {
         .prop_map(|(base, noise, len)| {
             let len_bits = u32::from(len);
             // Keep the base's top bits most of the time, vary the rest.
-            let addr = base ^ (noise & (u32::MAX >> len_bits.min(31).max(8)));
+            let addr = base ^ (noise & (u32::MAX >> len_bits.clamp(8, 31)));
             Prefix::truncated(Ipv4Addr::from(addr), len).unwrap()
         })
 }
