@@ -67,7 +67,10 @@ mod tests {
     #[test]
     fn rfc1071_example() {
         // RFC 1071 §3: the sum of 00 01 f2 03 f4 f5 f6 f7 is ddf2.
-        assert_eq!(fold(sum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7])), 0xddf2);
+        assert_eq!(
+            fold(sum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7])),
+            0xddf2
+        );
         assert_eq!(fold(sum(&[])), 0);
         assert_eq!(fold(sum(&[0xff, 0xff])), 0xffff);
     }

@@ -98,12 +98,13 @@ impl VxlanConfig {
             .checked_add(inner_len)
             .filter(|&end| end <= buf.len())
             .ok_or(EncapError::InnerOutOfBounds)?;
-        let start = headroom
-            .checked_sub(IPV4_OVERHEAD)
-            .ok_or(EncapError::InsufficientHeadroom {
-                needed: IPV4_OVERHEAD,
-                available: headroom,
-            })?;
+        let start =
+            headroom
+                .checked_sub(IPV4_OVERHEAD)
+                .ok_or(EncapError::InsufficientHeadroom {
+                    needed: IPV4_OVERHEAD,
+                    available: headroom,
+                })?;
         if inner_len < ETHERNET_HEADER_LEN {
             return Err(EncapError::InnerTooShort);
         }
@@ -155,8 +156,9 @@ impl VxlanConfig {
         udp.set_len(udp_len);
         udp.set_checksum(0);
 
-        VxlanRepr { vni: self.vni }
-            .emit(&mut VxlanPacket::new_unchecked(&mut head[IPV4_UDP_HEADERS_LEN..]));
+        VxlanRepr { vni: self.vni }.emit(&mut VxlanPacket::new_unchecked(
+            &mut head[IPV4_UDP_HEADERS_LEN..],
+        ));
 
         if self.udp_checksum {
             let acc = checksum::pseudo_v4(src.octets(), dst.octets(), 17, udp_len)

@@ -309,7 +309,9 @@ impl<'a> VtepTable<'a> {
 
     #[inline]
     fn probe_node(&self, node: NodeId) -> Probe {
-        self.probe(Index::Node, self.reduce(node_hash(node)), |v| v.node == node)
+        self.probe(Index::Node, self.reduce(node_hash(node)), |v| {
+            v.node == node
+        })
     }
 
     #[inline]
