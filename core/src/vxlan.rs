@@ -10,8 +10,9 @@
 //!   offset [`IPV4_OVERHEAD`] (or more) and never moves them. [`VxlanConfig::decapsulate`]
 //!   returns the inner frame as a range of the received buffer.
 //! * **O(1) lookups.** Encap takes the [`Vtep`] the caller looked up by node; decap looks
-//!   the outer source address up in the [`VtepTable`] (open addressing, see
-//!   [`vtep`](self::VtepTable)). Nothing scans a table per packet.
+//!   the outer source address up in the [`VtepTable`] (two open-addressing indexes, by
+//!   node and by underlay address, at most half full). Nothing scans a table per
+//!   packet.
 //! * **flannel-compatible defaults**: VNI 1, UDP port 8472 ([`FLANNEL_PORT`];
 //!   [`IANA_PORT`] 4789 is a configuration choice), outer UDP source port from the inner
 //!   flow's hash in 49152–65535 (RFC 7348 §5 entropy for underlay ECMP), UDP checksum

@@ -10,6 +10,7 @@
 //! Trailing bytes after the IPv4 total length (Ethernet padding) are ignored, as every
 //! IP stack does.
 
+use core::fmt;
 use core::net::IpAddr;
 use core::ops::Range;
 
@@ -126,6 +127,12 @@ impl DecapError {
             DecapError::UnknownVni => "unknown_vni",
             DecapError::InnerTruncated => "inner_truncated",
         }
+    }
+}
+
+impl fmt::Display for DecapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -11,6 +11,7 @@
 //! failure is an [`EncapError`]. The layout is exactly what the wire views parse; the
 //! tests decode it with smoltcp's `Ipv4Packet` and with Wireshark.
 
+use core::fmt;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use core::ops::Range;
 
@@ -49,6 +50,26 @@ pub enum EncapError {
     AddressFamilyMismatch,
     /// IPv6 underlay encapsulation is not implemented yet.
     OuterIpv6Unsupported,
+}
+
+impl fmt::Display for EncapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncapError::InsufficientHeadroom { needed, available } => {
+                write!(f, "headroom {available} < {needed} bytes")
+            }
+            EncapError::InnerOutOfBounds => f.write_str("inner frame beyond the buffer"),
+            EncapError::InnerTooShort => f.write_str("inner frame shorter than Ethernet"),
+            EncapError::MtuExceeded { outer_len, mtu } => {
+                write!(
+                    f,
+                    "outer packet {outer_len} bytes exceeds underlay MTU {mtu}"
+                )
+            }
+            EncapError::AddressFamilyMismatch => f.write_str("underlay address family mismatch"),
+            EncapError::OuterIpv6Unsupported => f.write_str("IPv6 underlay not supported"),
+        }
+    }
 }
 
 /// Where the encapsulated frame lies in the caller's buffer.

@@ -63,6 +63,17 @@ pub enum VtepError {
     },
 }
 
+impl core::fmt::Display for VtepError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            VtepError::Full => f.write_str("VTEP table full"),
+            VtepError::AddressInUse { node } => {
+                write!(f, "underlay address in use by node {}", node.0)
+            }
+        }
+    }
+}
+
 /// One unit of VTEP table storage: room for one entry and its share of the indexes.
 ///
 /// Create storage as `[VtepSlot::EMPTY; N]`; the contents are managed by
