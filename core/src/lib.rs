@@ -26,6 +26,7 @@ pub mod ipam;
 pub mod maglev;
 pub mod route;
 pub mod service;
+pub mod vxlan;
 pub mod wire;
 
 pub use smoltcp::time::{Duration, Instant};
