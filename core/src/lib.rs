@@ -19,8 +19,10 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod checksum;
 pub mod flow;
 pub mod ids;
+pub mod nat;
 pub mod wire;
 
 pub use smoltcp::time::{Duration, Instant};
