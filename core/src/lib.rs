@@ -20,6 +20,7 @@
 extern crate std;
 
 pub mod checksum;
+pub mod conntrack;
 pub mod flow;
 pub mod ids;
 pub mod nat;

@@ -353,7 +353,7 @@ fn first_fragment_rewrite_is_valid_for_the_whole_datagram() {
     let mut p = pkt(PROTO_UDP);
     p.payload = (0..64u8).collect();
     let whole = build(&p); // 20 + 8 + 64
-    // Split after 8 + 16 bytes of L4 into a first fragment.
+                           // Split after 8 + 16 bytes of L4 into a first fragment.
     let mut first = p.clone();
     first.frag = (true, 0);
     let l4 = l4_bytes(&p);
@@ -365,7 +365,9 @@ fn first_fragment_rewrite_is_valid_for_the_whole_datagram() {
         ..dnat()
     };
     rewrite_ipv4(&mut frag, &rw).unwrap();
-    assert!(Ipv4Packet::new_checked(&frag[..]).unwrap().verify_checksum());
+    assert!(Ipv4Packet::new_checked(&frag[..])
+        .unwrap()
+        .verify_checksum());
     // Reassemble: rewritten first fragment's L4 part + the rest of the original.
     let mut reassembled = whole.clone();
     reassembled[..20].copy_from_slice(&build(&rewritten(&p, &rw))[..20]);
@@ -443,7 +445,8 @@ fn icmp_error_round_trip() {
                 let translated_key = FlowKey {
                     src: IpAddr::V4(n),
                     dst: IpAddr::V4(b_ip),
-                    src_port: if proto == PROTO_ICMP { 31000 } else { 31000 },
+                    // ICMP echo keys carry the identifier in both port fields.
+                    src_port: 31000,
                     dst_port: if proto == PROTO_ICMP { 31000 } else { 8080 },
                     ..orig_key
                 };
