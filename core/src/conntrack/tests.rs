@@ -56,7 +56,9 @@ fn layout() {
     assert_eq!(core::mem::align_of::<Bucket>(), 64);
     assert_eq!(buckets_for(0), 1);
     assert_eq!(buckets_for(1), 1);
-    assert_eq!(buckets_for(1_000_001), 500_001);
+    assert_eq!(buckets_for(2), 2);
+    assert_eq!(buckets_for(1_000_000), 750_000);
+    assert_eq!(buckets_for(1_000_001), 750_001);
 }
 
 #[test]
