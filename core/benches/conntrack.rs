@@ -10,7 +10,8 @@
 //! - `lookup_hit_hot`: lookups cycling over 1024 connections (cache-resident: the
 //!   cost of hash + probe + compare alone);
 //! - `lookup_update`: the per-packet established path, lookup + TCP state update;
-//! - `lookup_miss`: lookups of absent tuples.
+//! - `lookup_miss`: lookups of absent tuples;
+//! - `flow_hash`: the hash alone over the 1024 hot keys (SipHash for std).
 //!
 //! Last line: `{"bench":"conntrack","lookup_hit_ns":..,"insert_ns":..,...}` (medians).
 
@@ -113,7 +114,6 @@ fn main() {
         ins.push(t.elapsed().as_nanos() as f64 / N as f64);
         // Deterministic input: at the recommended sizing nothing is evicted early.
         assert_eq!((ct.len(), ct.counters().evictions), (N, 0));
-        drop(ct);
 
         let replies: Vec<FlowKey> = flows
             .iter()
@@ -143,7 +143,7 @@ fn main() {
     }
     assert_eq!(ct.counters().evictions, 0);
 
-    let mut run = |case: &str, keys: &[FlowKey], reps: usize, ct: &mut ConnTrack, update: bool| {
+    let run = |case: &str, keys: &[FlowKey], reps: usize, ct: &mut ConnTrack, update: bool| {
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
         for _ in 0..RUNS {
@@ -177,6 +177,32 @@ fn main() {
         let b = report(case, "std_hashmap_siphash", theirs);
         (a, b)
     };
+    // The floor of the hot path: hashing alone (podwire flow hash v1 vs SipHash-1-3).
+    let (mut fh, mut sh) = (Vec::new(), Vec::new());
+    let seed = ct.config().seed;
+    let sip = std::collections::hash_map::RandomState::new();
+    for _ in 0..RUNS {
+        let t = Clock::now();
+        let mut acc = 0u64;
+        for _ in 0..1024 {
+            for k in &hot {
+                acc ^= black_box(k).hash(seed);
+            }
+        }
+        fh.push(t.elapsed().as_nanos() as f64 / (1024 * hot.len()) as f64);
+        black_box(acc);
+        let t = Clock::now();
+        let mut acc = 0u64;
+        for _ in 0..1024 {
+            for k in &hot {
+                acc ^= std::hash::BuildHasher::hash_one(&sip, black_box(k));
+            }
+        }
+        sh.push(t.elapsed().as_nanos() as f64 / (1024 * hot.len()) as f64);
+        black_box(acc);
+    }
+    let hash_ns = report("flow_hash", "podwire", fh);
+    report("flow_hash", "std_siphash", sh);
     let (hit, std_hit) = run("lookup_hit", &shuffled, 1, &mut ct, false);
     let (hot, std_hot) = run("lookup_hit_hot", &hot, 1024, &mut ct, false);
     let (upd, _) = run("lookup_update", &shuffled, 1, &mut ct, true);
@@ -186,7 +212,7 @@ fn main() {
     println!(
         "{{\"bench\":\"conntrack\",\"entries\":{N},\"entry_bytes\":{},\"index_bytes_per_entry\":{},\
 \"lookup_hit_ns\":{hit:.1},\"insert_ns\":{insert_ns:.1},\"lookup_hit_hot_ns\":{hot:.1},\
-\"lookup_update_ns\":{upd:.1},\"lookup_miss_ns\":{miss:.1},\
+\"lookup_update_ns\":{upd:.1},\"flow_hash_ns\":{hash_ns:.1},\"lookup_miss_ns\":{miss:.1},\
 \"std_hashmap_lookup_hit_ns\":{std_hit:.1},\"std_hashmap_lookup_hit_hot_ns\":{std_hot:.1},\
 \"std_hashmap_lookup_miss_ns\":{std_miss:.1},\"std_hashmap_insert_ns\":{std_insert_ns:.1},\
 \"lookup_hit_ratio_vs_std\":{:.2},\"insert_ratio_vs_std\":{:.2}}}",
