@@ -32,8 +32,9 @@
 //! 10 000; without the displacement step: 1126).
 //!
 //! **Eviction** happens only when an insert needs room: a free slot in the window of
-//! each tuple and a free entry. First every expired entry met in the two windows is
-//! removed. If room is still missing, a victim is chosen among the entries linked from
+//! each tuple and a free entry. First the expired entries linked from the window
+//! concerned (for a missing entry: from both windows) are removed. If room is still
+//! missing, a victim is chosen among the entries linked from
 //! those windows (for a missing entry, also among [`CLOCK_SCAN`] entries under a
 //! rotating hand, so a victim always exists): in order, expired, then closing (TCP
 //! FIN/CLOSE-WAIT/LAST-ACK/TIME-WAIT/CLOSE), then non-established (TCP handshake, UDP
@@ -847,8 +848,8 @@ impl<'a> ConnTrack<'a> {
     /// `nat`. The connection starts in its protocol's initial state (TCP NONE, UDP
     /// unreplied); pass its first packet to [`ConnTrack::update`] like any other.
     ///
-    /// Makes room as described in the module documentation (expired entries of the two
-    /// probe windows, then eviction).
+    /// Makes room only when needed, as described in the module documentation (expired
+    /// entries of the two probe windows, displacement, then eviction).
     pub fn insert(
         &mut self,
         original: FlowKey,
@@ -870,11 +871,12 @@ impl<'a> ConnTrack<'a> {
                 }
             }
         }
-        self.purge_window(ho, now);
-        self.purge_window(hr, now);
-
         let slot_o = self.make_slot(ho, None, now)?;
         let slot_r = self.make_slot(hr, Some(slot_o), now)?;
+        if self.free == EMPTY {
+            self.purge_window(ho, now);
+            self.purge_window(hr, now);
+        }
         if self.free == EMPTY {
             let victim = self
                 .choose_victim([ho, hr], true, now)
@@ -927,6 +929,10 @@ impl<'a> ConnTrack<'a> {
         except: Option<(usize, usize)>,
         now: Instant,
     ) -> Result<(usize, usize), InsertError> {
+        if let Some(s) = self.free_slot(h, except) {
+            return Ok(s);
+        }
+        self.purge_window(h, now);
         if let Some(s) = self.free_slot(h, except) {
             return Ok(s);
         }
