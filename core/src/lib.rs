@@ -21,6 +21,7 @@ extern crate std;
 
 pub mod flow;
 pub mod ids;
+pub mod policy;
 pub mod wire;
 
 pub use smoltcp::time::{Duration, Instant};
