@@ -32,8 +32,8 @@ mod model_tests;
 pub use cidr::{BadPrefixLength, Cidr, Prefix, PrefixTable};
 pub use iptable::{IpSlot, IpTable, IpTableFull};
 pub use rule::{
-    DirPolicy, EndpointPolicy, Identity, IpBlock, PeerSpec, PolicyId, PortProtocol, PortRange,
-    Rule, RuleSpec, Span,
+    AddrInfo, DirPolicy, EndpointPolicy, EndpointRef, Identity, IpBlock, PeerSet, PeerSpec,
+    PolicyId, PortProtocol, PortRange, PortSet, Rule, RuleSpec, Span,
 };
 pub use table::{PolicyError, PolicyStorage, PolicyTable};
 pub use verdict::{AllowReason, ConnVerdict, DenyReason, Direction, Verdict, MAX_RULE_INDEX};

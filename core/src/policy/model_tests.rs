@@ -19,8 +19,8 @@ fn cidr(a: u8, b: u8, c: u8, d: u8, len: u8) -> Cidr {
 }
 
 struct Store {
-    endpoints: Vec<IpSlot<EndpointPolicy>>,
-    identities: Vec<IpSlot<Identity>>,
+    addresses: Vec<IpSlot<AddrInfo>>,
+    endpoint_policies: Vec<EndpointPolicy>,
     rules: Vec<Rule>,
     ports: Vec<PortRange>,
     peers: Vec<Identity>,
@@ -30,8 +30,8 @@ struct Store {
 impl Store {
     fn new(n: usize) -> Store {
         Store {
-            endpoints: vec![IpSlot::EMPTY; n],
-            identities: vec![IpSlot::EMPTY; n],
+            addresses: vec![IpSlot::EMPTY; n],
+            endpoint_policies: vec![EndpointPolicy::default(); n],
             rules: vec![Rule::EMPTY; n],
             ports: vec![PortRange::ANY; n],
             peers: vec![Identity(0); n * 4],
@@ -41,8 +41,8 @@ impl Store {
 
     fn table(&mut self) -> PolicyTable<'_> {
         PolicyTable::new(PolicyStorage {
-            endpoints: &mut self.endpoints,
-            identities: &mut self.identities,
+            addresses: &mut self.addresses,
+            endpoint_policies: &mut self.endpoint_policies,
             rules: &mut self.rules,
             ports: &mut self.ports,
             peers: &mut self.peers,
@@ -69,6 +69,34 @@ fn deny(policy: u16) -> Verdict {
 
 const OPEN: Verdict = Verdict::Allow(AllowReason::NotIsolated);
 
+/// Adds peers + ports and pushes one rule.
+fn rule(
+    t: &mut PolicyTable<'_>,
+    policy: u16,
+    index: u16,
+    peers: PeerSpec<'_>,
+    only: Option<&[Identity]>,
+    ports: &[PortRange],
+) {
+    let peers = t.add_peer_set(&peers).unwrap();
+    let only = only.map(|o| {
+        t.add_peer_set(&PeerSpec {
+            identities: o,
+            ..PeerSpec::default()
+        })
+        .unwrap()
+    });
+    let ports = t.add_port_set(ports).unwrap();
+    t.push_rule(&RuleSpec {
+        policy: PolicyId(policy),
+        index,
+        peers,
+        only,
+        ports,
+    })
+    .unwrap();
+}
+
 #[test]
 fn db_accepts_web_on_5432_and_a_cidr_minus_exception() {
     let mut store = Store::new(32);
@@ -79,48 +107,38 @@ fn db_accepts_web_on_5432_and_a_cidr_minus_exception() {
         ip(192, 0, 2, 7),
         ip(192, 0, 2, 200),
     );
-    t.set_identity(web, WEB).unwrap();
-    t.set_identity(db, DB).unwrap();
     let block = cidr(192, 0, 2, 0, 24);
     let except = [cidr(192, 0, 2, 128, 25)];
     t.add_prefix(block).unwrap();
     t.add_prefix(except[0]).unwrap();
     let tcp5432 = [PortRange::single(PortProtocol::Tcp, 5432)];
-    t.push_rule(&RuleSpec {
-        policy: PolicyId(7),
-        index: 0,
-        peers: PeerSpec {
-            identities: &[WEB],
-            ..PeerSpec::default()
-        },
-        only_identities: None,
-        ports: &tcp5432,
-    })
-    .unwrap();
-    t.push_rule(&RuleSpec {
-        policy: PolicyId(7),
-        index: 1,
-        peers: PeerSpec {
-            blocks: &[IpBlock {
-                cidr: block,
-                except: &except,
-            }],
-            ..PeerSpec::default()
-        },
-        only_identities: None,
-        ports: &[],
-    })
-    .unwrap();
+    let web_only = PeerSpec {
+        identities: &[WEB],
+        ..PeerSpec::default()
+    };
+    rule(&mut t, 7, 0, web_only, None, &tcp5432);
+    let blocks = [IpBlock {
+        cidr: block,
+        except: &except,
+    }];
+    let in_block = PeerSpec {
+        blocks: &blocks,
+        ..PeerSpec::default()
+    };
+    rule(&mut t, 7, 1, in_block, None, &[]);
     let ingress = t.finish_rule_set(Some(PolicyId(7)));
     assert_eq!(t.rules_of(&ingress).len(), 2);
-    t.set_endpoint(
-        db,
-        EndpointPolicy {
+    let db_policy = t
+        .add_endpoint_policy(EndpointPolicy {
             ingress,
             egress: DirPolicy::OPEN,
-        },
-    )
-    .unwrap();
+        })
+        .unwrap();
+    t.set_identity(web, Some(WEB)).unwrap();
+    t.set_identity(db, Some(DB)).unwrap();
+    t.set_endpoint(db, Some(db_policy)).unwrap();
+    assert_eq!(t.address(&db).identity(), Some(DB));
+    assert_eq!(t.address(&db).endpoint(), Some(db_policy));
     use Direction::*;
     assert_eq!(t.evaluate(Ingress, db, web, 5432, PROTO_TCP), allow(7, 0));
     assert_eq!(t.evaluate(Ingress, db, web, 5432, PROTO_UDP), deny(7));
@@ -130,78 +148,94 @@ fn db_accepts_web_on_5432_and_a_cidr_minus_exception() {
     assert_eq!(t.evaluate(Egress, db, ext_no, 5432, PROTO_TCP), OPEN);
     // web is no local endpoint here: not isolated.
     assert_eq!(t.evaluate(Ingress, web, db, 5432, PROTO_TCP), OPEN);
-    let c = t.evaluate_connection(web, db, 5432, PROTO_TCP);
-    assert!(c.is_allow());
+    assert!(t.evaluate_connection(web, db, 5432, PROTO_TCP).is_allow());
     assert!(!t.evaluate_connection(ext_no, db, 80, PROTO_TCP).is_allow());
-    // Prefixes are sealed once rules exist; unknown prefixes are refused.
+    // Prefixes are sealed once peer sets exist; unknown prefixes are refused.
     assert_eq!(
         t.add_prefix(cidr(10, 0, 0, 0, 8)),
         Err(PolicyError::PrefixesSealed)
     );
-    let unknown = RuleSpec {
-        policy: PolicyId(1),
-        index: 0,
-        peers: PeerSpec {
-            blocks: &[IpBlock {
-                cidr: cidr(10, 0, 0, 0, 8),
-                except: &[],
-            }],
-            ..PeerSpec::default()
-        },
-        only_identities: None,
-        ports: &[],
+    let unknown = [IpBlock {
+        cidr: cidr(10, 0, 0, 0, 8),
+        except: &[],
+    }];
+    let spec = PeerSpec {
+        blocks: &unknown,
+        ..PeerSpec::default()
     };
-    assert_eq!(t.push_rule(&unknown), Err(PolicyError::UnknownPrefix));
-    assert_eq!(t.usage().0, 2);
+    let before = t.usage();
+    assert_eq!(t.add_peer_set(&spec), Err(PolicyError::UnknownPrefix));
+    assert_eq!(t.usage(), before);
+    // Forgetting the endpoint makes db open again; forgetting both drops the entry.
+    t.set_endpoint(db, None).unwrap();
+    assert_eq!(t.evaluate(Ingress, db, ext_no, 80, PROTO_TCP), OPEN);
+    t.set_identity(db, None).unwrap();
+    assert_eq!(t.address(&db), t.address(&ip(1, 2, 3, 4)));
 }
 
 #[test]
 fn capacity_and_input_errors() {
     let mut store = Store::new(2);
     store.peers.truncate(1);
+    store.endpoint_policies.truncate(1);
     let mut t = store.table();
     assert_eq!(
-        t.set_identity(ip(1, 1, 1, 1), Identity(Identity::CIDR_BASE)),
+        t.set_identity(ip(1, 1, 1, 1), Some(Identity(Identity::CIDR_BASE))),
         Err(PolicyError::ReservedIdentity)
     );
-    let spec = |index, ids: &'static [Identity]| RuleSpec {
-        policy: PolicyId(0),
-        index,
-        peers: PeerSpec {
-            identities: ids,
-            ..PeerSpec::default()
-        },
-        only_identities: None,
-        ports: &[],
+    let two = PeerSpec {
+        identities: &[WEB, DB],
+        ..PeerSpec::default()
     };
-    assert_eq!(
-        t.push_rule(&spec(MAX_RULE_INDEX + 1, &[])),
-        Err(PolicyError::RuleIndexTooLarge)
-    );
-    assert_eq!(
-        t.push_rule(&spec(0, &[WEB, DB])),
-        Err(PolicyError::PeersFull)
-    );
-    // The failed rule left nothing behind.
+    assert_eq!(t.add_peer_set(&two), Err(PolicyError::PeersFull));
+    // The failed set left nothing behind.
     assert_eq!(t.usage(), (0, 0, 0, 0));
+    let dup = PeerSpec {
+        identities: &[WEB, WEB],
+        ..PeerSpec::default()
+    };
+    assert_eq!(t.add_peer_set(&dup), Err(PolicyError::PeersFull));
+    let one = t
+        .add_peer_set(&PeerSpec {
+            identities: &[WEB],
+            ..PeerSpec::default()
+        })
+        .unwrap();
     let bad_ports = [PortRange {
         protocol: PortProtocol::Tcp,
         first: 9,
         last: 8,
     }];
-    let mut s = spec(0, &[]);
-    s.ports = &bad_ports;
-    assert_eq!(t.push_rule(&s), Err(PolicyError::BadPortRange));
-    t.push_rule(&spec(0, &[WEB])).unwrap();
-    t.push_rule(&spec(1, &[])).unwrap();
-    assert_eq!(t.push_rule(&spec(2, &[])), Err(PolicyError::RulesFull));
+    assert_eq!(t.add_port_set(&bad_ports), Err(PolicyError::BadPortRange));
+    let three = [PortRange::ANY; 3];
+    assert_eq!(t.add_port_set(&three), Err(PolicyError::PortsFull));
+    let spec = |index| RuleSpec {
+        policy: PolicyId(0),
+        index,
+        peers: one,
+        only: None,
+        ports: PortSet::ALL,
+    };
     assert_eq!(
-        t.set_endpoint(ip(1, 1, 1, 1), EndpointPolicy::default()),
-        Ok(())
+        t.push_rule(&spec(MAX_RULE_INDEX + 1)),
+        Err(PolicyError::RuleIndexTooLarge)
+    );
+    t.push_rule(&spec(0)).unwrap();
+    t.push_rule(&spec(1)).unwrap();
+    assert_eq!(t.push_rule(&spec(2)), Err(PolicyError::RulesFull));
+    let e = t.add_endpoint_policy(EndpointPolicy::default()).unwrap();
+    assert_eq!(
+        t.add_endpoint_policy(EndpointPolicy::default()),
+        Err(PolicyError::EndpointPoliciesFull)
     );
     assert_eq!(
-        t.set_endpoint(ip(1, 1, 1, 2), EndpointPolicy::default()),
-        Err(PolicyError::EndpointsFull)
+        t.set_endpoint(ip(1, 1, 1, 1), Some(EndpointRef(5))),
+        Err(PolicyError::UnknownEndpointPolicy)
+    );
+    assert_eq!(t.set_endpoint(ip(1, 1, 1, 1), Some(e)), Ok(()));
+    assert_eq!(
+        t.set_endpoint(ip(1, 1, 1, 2), Some(e)),
+        Err(PolicyError::AddressesFull)
     );
 }
 
@@ -210,24 +244,27 @@ fn filtered_rule_needs_identity_in_filter_and_isolated_set_without_rules_denies(
     let mut store = Store::new(16);
     let mut t = store.table();
     let (a, b, c) = (ip(10, 0, 0, 1), ip(10, 0, 0, 2), ip(10, 0, 0, 3));
-    t.set_identity(b, WEB).unwrap();
-    t.set_identity(c, DB).unwrap();
-    t.push_rule(&RuleSpec {
-        policy: PolicyId(1),
-        index: 0,
-        peers: PeerSpec {
-            any: true,
-            ..PeerSpec::default()
-        },
-        only_identities: Some(&[DB]),
-        ports: &[PortRange::single(PortProtocol::Tcp, 8080)],
-    })
-    .unwrap();
+    let everyone = PeerSpec {
+        any: true,
+        ..PeerSpec::default()
+    };
+    rule(
+        &mut t,
+        1,
+        0,
+        everyone,
+        Some(&[DB]),
+        &[PortRange::single(PortProtocol::Tcp, 8080)],
+    );
     let egress = t.finish_rule_set(Some(PolicyId(1)));
     let ingress = t.finish_rule_set(Some(PolicyId(2)));
     assert_eq!(ingress.rules.len, 0);
-    t.set_endpoint(a, EndpointPolicy { ingress, egress })
+    let e = t
+        .add_endpoint_policy(EndpointPolicy { ingress, egress })
         .unwrap();
+    t.set_identity(b, Some(WEB)).unwrap();
+    t.set_identity(c, Some(DB)).unwrap();
+    t.set_endpoint(a, Some(e)).unwrap();
     use Direction::*;
     assert_eq!(t.evaluate(Egress, a, c, 8080, PROTO_TCP), allow(1, 0));
     assert_eq!(t.evaluate(Egress, a, b, 8080, PROTO_TCP), deny(1));
@@ -236,7 +273,7 @@ fn filtered_rule_needs_identity_in_filter_and_isolated_set_without_rules_denies(
         deny(1)
     );
     assert_eq!(t.evaluate(Ingress, a, c, 8080, PROTO_TCP), deny(2));
-    assert_eq!(t.remove_endpoint(&a).map(|e| e.egress), Some(egress));
+    t.set_endpoint(a, None).unwrap();
     assert_eq!(t.evaluate(Ingress, a, c, 8080, PROTO_TCP), OPEN);
 }
 
@@ -405,11 +442,6 @@ fn model() -> impl Strategy<Value = Model> {
 
 fn build<'a>(m: &Model, store: &'a mut Store) -> PolicyTable<'a> {
     let mut t = store.table();
-    for (i, id) in m.identity.iter().enumerate() {
-        if let Some(id) = id {
-            t.set_identity(pod_ip(i), Identity(*id)).unwrap();
-        }
-    }
     for r in m.sets.iter().flat_map(|s| &s.rules) {
         for (c, ex) in &r.blocks {
             t.add_prefix(*c).unwrap();
@@ -418,8 +450,9 @@ fn build<'a>(m: &Model, store: &'a mut Store) -> PolicyTable<'a> {
             }
         }
     }
+    let mut refs = Vec::new();
     let mut dirs = Vec::new();
-    for (set_index, s) in m.sets.iter().enumerate() {
+    for s in &m.sets {
         for (index, r) in s.rules.iter().enumerate() {
             let blocks: Vec<IpBlock<'_>> = r
                 .blocks
@@ -429,33 +462,37 @@ fn build<'a>(m: &Model, store: &'a mut Store) -> PolicyTable<'a> {
                     except: ex,
                 })
                 .collect();
-            t.push_rule(&RuleSpec {
-                policy: PolicyId(s.isolated_by.unwrap_or(0)),
-                index: index as u16,
-                peers: PeerSpec {
-                    any: r.any,
-                    any_pod: r.any_pod,
-                    identities: &r.ids,
-                    blocks: &blocks,
-                },
-                only_identities: r.only.as_deref(),
-                ports: &r.ports,
-            })
-            .unwrap();
+            let peers = PeerSpec {
+                any: r.any,
+                any_pod: r.any_pod,
+                identities: &r.ids,
+                blocks: &blocks,
+            };
+            rule(
+                &mut t,
+                s.isolated_by.unwrap_or(0),
+                index as u16,
+                peers,
+                r.only.as_deref(),
+                &r.ports,
+            );
         }
-        let d = t.finish_rule_set(s.isolated_by.map(PolicyId));
-        assert_eq!(dirs.len(), set_index);
-        dirs.push(d);
+        dirs.push(t.finish_rule_set(s.isolated_by.map(PolicyId)));
     }
-    for (i, &(ing, eg)) in m.endpoints.iter().enumerate() {
-        t.set_endpoint(
-            pod_ip(i),
-            EndpointPolicy {
+    for &(ing, eg) in &m.endpoints {
+        refs.push(
+            t.add_endpoint_policy(EndpointPolicy {
                 ingress: dirs[ing],
                 egress: dirs[eg],
-            },
-        )
-        .unwrap();
+            })
+            .unwrap(),
+        );
+    }
+    for (i, id) in m.identity.iter().enumerate() {
+        t.set_identity(pod_ip(i), id.map(Identity)).unwrap();
+    }
+    for (i, r) in refs.iter().enumerate() {
+        t.set_endpoint(pod_ip(i), Some(*r)).unwrap();
     }
     t
 }
@@ -480,6 +517,11 @@ proptest! {
             let peer = if peer < 10 { pod_ip(peer) } else { others[peer - 10] };
             let want = model_evaluate(&m, dir, pod_ip(local), peer, port, proto);
             let got = t.evaluate(dir, pod_ip(local), peer, port, proto);
+            if dir == Direction::Egress {
+                let c = t.evaluate_connection(pod_ip(local), peer, port, proto);
+                prop_assert_eq!(c.egress, got);
+                prop_assert_eq!(c.ingress, model_evaluate(&m, Direction::Ingress, peer, pod_ip(local), port, proto));
+            }
             prop_assert_eq!(got, want, "{:?} local {} peer {} {}/{}", dir, local, peer, proto, port);
         }
     }

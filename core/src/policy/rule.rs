@@ -189,6 +189,41 @@ pub struct EndpointPolicy {
     pub egress: DirPolicy,
 }
 
+/// A local endpoint's compiled policy, by its index in the table's endpoint-policy
+/// array (endpoints with the same identity share one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct EndpointRef(pub u32);
+
+/// What the table knows about one address: the pod's identity and, for a pod on this
+/// node, its compiled policy. The value of the address table (the ipcache).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct AddrInfo {
+    pub(crate) identity: u32,
+    pub(crate) endpoint: u32,
+}
+
+impl AddrInfo {
+    pub(crate) const NONE: u32 = u32::MAX;
+    pub(crate) const UNKNOWN: AddrInfo = AddrInfo {
+        identity: Self::NONE,
+        endpoint: Self::NONE,
+    };
+
+    /// The pod identity of the address, if it is a pod.
+    #[inline]
+    pub fn identity(&self) -> Option<Identity> {
+        (self.identity != Self::NONE).then_some(Identity(self.identity))
+    }
+
+    /// The compiled policy of the address, if it is a local endpoint.
+    #[inline]
+    pub fn endpoint(&self) -> Option<EndpointRef> {
+        (self.endpoint != Self::NONE).then_some(EndpointRef(self.endpoint))
+    }
+}
+
 /// An `ipBlock` peer: addresses in `cidr` except those in any of `except`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpBlock<'s> {
@@ -198,7 +233,8 @@ pub struct IpBlock<'s> {
     pub except: &'s [Cidr],
 }
 
-/// The peers of a rule to add (see [`RuleSpec`]): the union of everything listed.
+/// A set of peers to add with [`super::PolicyTable::add_peer_set`]: the union of
+/// everything listed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PeerSpec<'s> {
     /// Every peer at all, pod or not (a rule without `from`/`to`).
@@ -211,18 +247,38 @@ pub struct PeerSpec<'s> {
     pub blocks: &'s [IpBlock<'s>],
 }
 
+/// A stored peer set (made by [`super::PolicyTable::add_peer_set`]); rules of many
+/// endpoints may share it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct PeerSet {
+    pub(crate) flags: u8,
+    pub(crate) span: Span,
+}
+
+/// A stored list of port ranges (made by [`super::PolicyTable::add_port_set`]); the
+/// empty set means every port of every protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct PortSet(pub(crate) Span);
+
+impl PortSet {
+    /// Every port of every protocol (a rule without `ports`).
+    pub const ALL: PortSet = PortSet(Span::EMPTY);
+}
+
 /// A rule to add to the table with [`super::PolicyTable::push_rule`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RuleSpec<'s> {
+pub struct RuleSpec {
     /// The policy the rule comes from.
     pub policy: PolicyId,
     /// The rule's index among the policy's rules of its direction (≤ 16383).
     pub index: u16,
     /// Which peers the rule admits.
-    pub peers: PeerSpec<'s>,
-    /// If `Some`, the peer must also be a pod with one of these identities (used for
-    /// egress named ports, which resolve differently on each destination pod).
-    pub only_identities: Option<&'s [Identity]>,
-    /// Which destination ports the rule admits; empty means all ports and protocols.
-    pub ports: &'s [PortRange],
+    pub peers: PeerSet,
+    /// If `Some`, the peer must also be a pod whose identity is in this set (its
+    /// identities; used for egress named ports, which resolve per destination pod).
+    pub only: Option<PeerSet>,
+    /// Which destination ports the rule admits.
+    pub ports: PortSet,
 }
