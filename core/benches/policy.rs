@@ -14,7 +14,8 @@
 //!   selectors per packet — what evaluating NetworkPolicy without compiling costs.
 //!   The bench also checks that it agrees with the compiled table on every sample.
 //!
-//! Each case is timed 9 times; the median per-flow time is reported.
+//! Each case is timed 9 times; min and median are printed, the summary line has the
+//! minimum (the machine is shared with other builds).
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -272,8 +273,8 @@ fn peer_selects(c: &Cluster, pol_ns: usize, p: &Peer, ns: usize, labels: &Labels
 }
 
 struct Storage {
-    endpoints: Vec<IpSlot<EndpointPolicy>>,
-    identities: Vec<IpSlot<Identity>>,
+    addresses: Vec<IpSlot<AddrInfo>>,
+    endpoint_policies: Vec<EndpointPolicy>,
     rules: Vec<Rule>,
     ports: Vec<PortRange>,
     peers: Vec<Identity>,
@@ -282,8 +283,8 @@ struct Storage {
 
 fn compile<'a>(c: &Cluster, s: &'a mut Storage) -> PolicyTable<'a> {
     let mut t = PolicyTable::new(PolicyStorage {
-        endpoints: &mut s.endpoints,
-        identities: &mut s.identities,
+        addresses: &mut s.addresses,
+        endpoint_policies: &mut s.endpoint_policies,
         rules: &mut s.rules,
         ports: &mut s.ports,
         peers: &mut s.peers,
@@ -301,6 +302,42 @@ fn compile<'a>(c: &Cluster, s: &'a mut Storage) -> PolicyTable<'a> {
             }
         }
     }
+    // One peer set and port set per Kubernetes rule, shared by every identity.
+    let mut shared = BTreeMap::new();
+    for (pi, p) in c.policies.iter().enumerate() {
+        for (d, rules) in [&p.ingress, &p.egress].into_iter().enumerate() {
+            for (ri, r) in rules.iter().flatten().enumerate() {
+                let ids: Vec<Identity> = (0..c.idents.len())
+                    .filter(|&j| {
+                        let (jns, jl) = &c.idents[j];
+                        r.peers.iter().any(|pe| peer_selects(c, p.ns, pe, *jns, jl))
+                    })
+                    .map(|j| Identity(j as u32))
+                    .collect();
+                let blocks: Vec<IpBlock<'_>> = r
+                    .peers
+                    .iter()
+                    .filter_map(|pe| match pe {
+                        Peer::Block { cidr, except } => Some(IpBlock {
+                            cidr: *cidr,
+                            except,
+                        }),
+                        _ => None,
+                    })
+                    .collect();
+                let peers = t
+                    .add_peer_set(&PeerSpec {
+                        any: r.peers.is_empty(),
+                        any_pod: false,
+                        identities: &ids,
+                        blocks: &blocks,
+                    })
+                    .unwrap();
+                let ports = t.add_port_set(&r.ports).unwrap();
+                shared.insert((pi, d, ri), (peers, ports));
+            }
+        }
+    }
     let mut per_ident = Vec::new();
     for (ns, labels) in &c.idents {
         let mut dirs = [DirPolicy::OPEN; 2];
@@ -313,54 +350,31 @@ fn compile<'a>(c: &Cluster, s: &'a mut Storage) -> PolicyTable<'a> {
                     continue;
                 }
                 iso.get_or_insert(PolicyId(pi as u16));
-                for (ri, r) in rules.iter().enumerate() {
-                    let ids: Vec<Identity> = (0..c.idents.len())
-                        .filter(|&j| {
-                            let (jns, jl) = &c.idents[j];
-                            r.peers.iter().any(|pe| peer_selects(c, p.ns, pe, *jns, jl))
-                        })
-                        .map(|j| Identity(j as u32))
-                        .collect();
-                    let blocks: Vec<IpBlock<'_>> = r
-                        .peers
-                        .iter()
-                        .filter_map(|pe| match pe {
-                            Peer::Block { cidr, except } => Some(IpBlock {
-                                cidr: *cidr,
-                                except,
-                            }),
-                            _ => None,
-                        })
-                        .collect();
+                for ri in 0..rules.len() {
+                    let (peers, ports) = shared[&(pi, d, ri)];
                     t.push_rule(&RuleSpec {
                         policy: PolicyId(pi as u16),
                         index: ri as u16,
-                        peers: PeerSpec {
-                            any: r.peers.is_empty(),
-                            any_pod: false,
-                            identities: &ids,
-                            blocks: &blocks,
-                        },
-                        only_identities: None,
-                        ports: &r.ports,
+                        peers,
+                        only: None,
+                        ports,
                     })
                     .unwrap();
                 }
             }
             *dir = t.finish_rule_set(iso);
         }
-        per_ident.push(EndpointPolicy {
+        let ep = EndpointPolicy {
             ingress: dirs[0],
             egress: dirs[1],
-        });
+        };
+        let isolated = ep.ingress.isolated_by.is_some() || ep.egress.isolated_by.is_some();
+        per_ident.push(isolated.then(|| t.add_endpoint_policy(ep).unwrap()));
     }
     for pod in &c.pods {
-        t.set_identity(pod.ip, Identity(pod.identity as u32))
+        t.set_identity(pod.ip, Some(Identity(pod.identity as u32)))
             .unwrap();
-        let ep = per_ident[pod.identity];
-        if ep.ingress.isolated_by.is_some() || ep.egress.isolated_by.is_some() {
-            t.set_endpoint(pod.ip, ep).unwrap();
-        }
+        t.set_endpoint(pod.ip, per_ident[pod.identity]).unwrap();
     }
     t
 }
@@ -403,25 +417,28 @@ fn naive_dir(
     !isolated
 }
 
-#[repr(C)]
+/// A conntrack-entry-sized slot: key, cached verdict, expiry (64 bytes, one line).
+#[repr(C, align(64))]
 #[derive(Clone, Copy)]
 struct FlowEntry {
-    key: Option<FlowKey>,
+    key: FlowKey,
+    used: bool,
     verdict: u64,
-    expires: u64,
-    _counters: [u32; 2],
+    expires: u32,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// (min, median) of repeated measurements. The machine is shared (other builds run
+/// beside the bench), so the minimum is the least disturbed figure; both are printed.
+fn min_median(mut v: Vec<f64>) -> (f64, f64) {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+    (v[0], v[v.len() / 2])
 }
 
 fn main() {
     let c = cluster();
     let mut s = Storage {
-        endpoints: vec![IpSlot::EMPTY; 16384],
-        identities: vec![IpSlot::EMPTY; 16384],
+        addresses: vec![IpSlot::EMPTY; 16384],
+        endpoint_policies: vec![EndpointPolicy::default(); 4096],
         rules: vec![Rule::EMPTY; 64 * 1024],
         ports: vec![PortRange::ANY; 128 * 1024],
         peers: vec![Identity(0); 1024 * 1024],
@@ -478,9 +495,9 @@ fn main() {
         black_box(n);
         new_flow.push(start.elapsed().as_nanos() as f64 / (20.0 * flows.len() as f64));
     }
-    let new_flow_ns = median(new_flow);
+    let (new_flow_ns, new_flow_median) = min_median(new_flow);
     println!(
-        "{{\"case\":\"new_flow\",\"what\":\"PolicyTable::evaluate_connection (egress+ingress)\",\"flows\":{},\"allowed\":{allowed},\"ns_per_flow\":{new_flow_ns:.1}}}",
+        "{{\"case\":\"new_flow\",\"what\":\"PolicyTable::evaluate_connection (egress+ingress)\",\"flows\":{},\"allowed\":{allowed},\"ns_per_flow_min\":{new_flow_ns:.1},\"ns_per_flow_median\":{new_flow_median:.1}}}",
         flows.len()
     );
 
@@ -498,9 +515,9 @@ fn main() {
         black_box(n);
         naive.push(start.elapsed().as_nanos() as f64 / 512.0);
     }
-    let naive_ns = median(naive);
+    let (naive_ns, _) = min_median(naive);
     println!(
-        "{{\"case\":\"naive_peer\",\"what\":\"interpret every policy's selectors per flow\",\"ns_per_flow\":{naive_ns:.0},\"ratio_vs_compiled\":{:.0}}}",
+        "{{\"case\":\"naive_peer\",\"what\":\"interpret every policy's selectors per flow\",\"ns_per_flow_min\":{naive_ns:.0},\"ratio_vs_compiled\":{:.0}}}",
         naive_ns / new_flow_ns
     );
 
@@ -508,10 +525,17 @@ fn main() {
     let slots = 131_072usize;
     let mut table = vec![
         FlowEntry {
-            key: None,
+            key: FlowKey {
+                src: v4(0),
+                dst: v4(0),
+                src_port: 0,
+                dst_port: 0,
+                protocol: 0,
+                zone: 0,
+            },
+            used: false,
             verdict: 0,
             expires: 0,
-            _counters: [0; 2],
         };
         slots
     ];
@@ -530,20 +554,20 @@ fn main() {
         let verdict = t.evaluate_connection(src, dst, port, proto).pack();
         let mut at = (key.hash(seed) as usize) & (slots - 1);
         loop {
-            match table[at].key {
-                None => {
-                    table[at] = FlowEntry {
-                        key: Some(key),
-                        verdict,
-                        expires: 1,
-                        _counters: [0; 2],
-                    };
-                    keys.push(key);
-                    break;
-                }
-                Some(k) if k == key => break,
-                Some(_) => at = (at + 1) & (slots - 1),
+            let e = &mut table[at];
+            if !e.used {
+                *e = FlowEntry {
+                    key,
+                    used: true,
+                    verdict,
+                    expires: 1,
+                };
+                keys.push(key);
+                break;
+            } else if e.key == key {
+                break;
             }
+            at = (at + 1) & (slots - 1);
         }
     }
     let mut order: Vec<usize> = (0..keys.len()).collect();
@@ -560,11 +584,13 @@ fn main() {
                 let key = black_box(key);
                 let mut at = (key.hash(seed) as usize) & (slots - 1);
                 let bits = loop {
-                    match &table[at].key {
-                        Some(k) if k == key => break table[at].verdict,
-                        None => break u64::MAX,
-                        Some(_) => at = (at + 1) & (slots - 1),
+                    let e = &table[at];
+                    if !e.used {
+                        break u64::MAX;
+                    } else if e.key == *key {
+                        break e.verdict;
                     }
+                    at = (at + 1) & (slots - 1);
                 };
                 n += u64::from(ConnVerdict::packed_is_allow(bits));
             }
@@ -572,9 +598,9 @@ fn main() {
         black_box(n);
         established.push(start.elapsed().as_nanos() as f64 / (4.0 * probe_keys.len() as f64));
     }
-    let established_ns = median(established);
+    let (established_ns, established_median) = min_median(established);
     println!(
-        "{{\"case\":\"established\",\"what\":\"flow hash + probe of 64-byte entries (65536 flows, 50% load) + packed verdict test\",\"entry_bytes\":{},\"ns_per_packet\":{established_ns:.1}}}",
+        "{{\"case\":\"established\",\"what\":\"flow hash + probe of 64-byte entries (65536 flows, 50% load) + packed verdict test\",\"entry_bytes\":{},\"ns_per_packet_min\":{established_ns:.1},\"ns_per_packet_median\":{established_median:.1}}}",
         std::mem::size_of::<FlowEntry>()
     );
     println!("{{\"bench\":\"policy\",\"new_flow_ns\":{new_flow_ns:.1},\"established_ns\":{established_ns:.1}}}");

@@ -35,7 +35,7 @@ impl Identity {
 pub struct PolicyId(pub u16);
 
 /// The protocol a port range applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum PortProtocol {
     /// TCP (IP protocol 6).
@@ -62,7 +62,7 @@ impl PortProtocol {
 }
 
 /// An inclusive range of destination ports of one protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct PortRange {
     /// The protocol the range applies to.
