@@ -803,3 +803,304 @@ impl CompiledPolicy {
         Ok(t)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::manifests::{parse, Manifests};
+    use std::path::Path;
+
+    /// Namespaces x (team=a), y (team=b); pods a, b in each; named port `http` is 80
+    /// on x/a and 8080 on y/b; plus `extra` policies (YAML documents).
+    fn cluster(extra: &str) -> ClusterState {
+        let mut yaml = String::new();
+        for (ns, team) in [("x", "a"), ("y", "b")] {
+            yaml += &format!(
+                "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{team: {team}}}}}\n"
+            );
+        }
+        let pods = [
+            (
+                "x",
+                "a",
+                "10.0.1.1",
+                "app: web",
+                "[{name: http, containerPort: 80}]",
+            ),
+            ("x", "b", "10.0.1.2", "app: db", "[]"),
+            ("y", "a", "10.0.2.1", "app: web", "[]"),
+            (
+                "y",
+                "b",
+                "10.0.2.2",
+                "app: db",
+                "[{name: http, containerPort: 8080}]",
+            ),
+        ];
+        for (ns, name, ip, labels, ports) in pods {
+            yaml += &format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}\nspec: {{containers: [{{name: c, ports: {ports}}}]}}\nstatus: {{podIP: {ip}}}\n"
+            );
+        }
+        yaml += extra;
+        let mut m = Manifests::default();
+        m.extend(parse(&yaml, Path::new("t.yaml")).unwrap());
+        ClusterState::from_manifests(&m).unwrap()
+    }
+
+    fn policy(ns: &str, name: &str, spec: &str) -> String {
+        format!("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}\n")
+    }
+
+    /// Allowed? for endpoints "ns/pod" or an IP.
+    fn allowed(c: &ClusterState, from: &str, to: &str, port: u16, proto: Protocol) -> bool {
+        let compiled = compile(c).unwrap();
+        let mut store = compiled.store();
+        let t = compiled.table(&mut store, |_| true).unwrap();
+        let ip = |s: &str| -> IpAddr {
+            match s.split_once('/') {
+                Some((ns, n)) => c.pods[c.pod_index(ns, n).unwrap()].ips[0],
+                None => s.parse().unwrap(),
+            }
+        };
+        t.evaluate_connection(ip(from), ip(to), port, proto.number())
+            .is_allow()
+    }
+
+    const TCP: Protocol = Protocol::Tcp;
+
+    #[test]
+    fn no_policy_allows_everything() {
+        let c = cluster("");
+        assert!(allowed(&c, "x/a", "y/b", 1, Protocol::Sctp));
+        assert!(allowed(&c, "192.0.2.1", "x/a", 80, TCP));
+    }
+
+    #[test]
+    fn pod_selector_peer_is_in_policy_namespace_only_and_union_of_policies() {
+        let c = cluster(&(policy(
+            "x",
+            "p1",
+            "  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: db}}}]}]",
+        ) + &policy(
+            "x",
+            "p2",
+            "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 192.0.2.0/24}}]}]",
+        )));
+        assert!(allowed(&c, "x/b", "x/a", 80, TCP));
+        assert!(
+            !allowed(&c, "y/b", "x/a", 80, TCP),
+            "db of another namespace"
+        );
+        assert!(allowed(&c, "192.0.2.9", "x/a", 80, TCP), "union with p2");
+        assert!(
+            !allowed(&c, "x/a", "x/b", 80, TCP),
+            "x/b isolated by p2 only"
+        );
+        assert!(
+            allowed(&c, "x/a", "y/a", 80, TCP),
+            "policies apply in their namespace"
+        );
+        let compiled = compile(&c).unwrap();
+        let xa = compiled.pod_identity[c.pod_index("x", "a").unwrap()];
+        assert_eq!(compiled.isolating[xa.0 as usize][INGRESS].len(), 2);
+        assert!(compiled.isolating[xa.0 as usize][EGRESS].is_empty());
+    }
+
+    #[test]
+    fn namespace_and_pod_selector_in_one_peer_are_anded_separate_peers_ored() {
+        let and = cluster(&policy(
+            "x",
+            "p",
+            "  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {team: b}}, podSelector: {matchLabels: {app: db}}}]}]",
+        ));
+        assert!(allowed(&and, "y/b", "x/a", 80, TCP));
+        assert!(!allowed(&and, "y/a", "x/a", 80, TCP));
+        assert!(!allowed(&and, "x/b", "x/a", 80, TCP));
+        let or = cluster(&policy(
+            "x",
+            "p",
+            "  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {team: b}}}, {podSelector: {matchLabels: {app: db}}}]}]",
+        ));
+        assert!(allowed(&or, "y/b", "x/a", 80, TCP));
+        assert!(allowed(&or, "y/a", "x/a", 80, TCP));
+        assert!(allowed(&or, "x/b", "x/a", 80, TCP));
+        assert!(!allowed(&or, "192.0.2.1", "x/a", 80, TCP));
+    }
+
+    #[test]
+    fn match_expressions_and_automatic_namespace_label() {
+        let c = cluster(&policy(
+            "x",
+            "p",
+            "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, values: [x]}]}, podSelector: {matchExpressions: [{key: app, operator: In, values: [web]}]}}]}]",
+        ));
+        assert!(allowed(&c, "y/a", "x/b", 80, TCP));
+        assert!(!allowed(&c, "y/b", "x/b", 80, TCP));
+        assert!(!allowed(&c, "x/a", "x/b", 80, TCP));
+    }
+
+    #[test]
+    fn policy_types_default_from_egress_rules() {
+        // policyTypes omitted + egress rules → Ingress and Egress.
+        let c = cluster(&policy(
+            "x",
+            "p",
+            "  podSelector: {matchLabels: {app: web}}\n  egress: [{to: [{podSelector: {matchLabels: {app: db}}}]}]",
+        ));
+        assert!(allowed(&c, "x/a", "x/b", 80, TCP));
+        assert!(!allowed(&c, "x/a", "y/a", 80, TCP));
+        assert!(!allowed(&c, "x/b", "x/a", 80, TCP), "ingress isolated too");
+        // policyTypes omitted, no egress → Ingress only.
+        let c = cluster(&policy("x", "p", "  podSelector: {}\n  egress: []"));
+        assert!(allowed(&c, "x/a", "y/a", 80, TCP));
+        assert!(!allowed(&c, "y/a", "x/a", 80, TCP));
+        // Egress only: ingress stays open.
+        let c = cluster(&policy(
+            "x",
+            "p",
+            "  podSelector: {}\n  policyTypes: [Egress]",
+        ));
+        assert!(allowed(&c, "y/a", "x/a", 80, TCP));
+        assert!(!allowed(&c, "x/a", "y/a", 80, TCP));
+    }
+
+    #[test]
+    fn ports_protocol_default_end_port_and_protocol_only() {
+        let c = cluster(&policy(
+            "x",
+            "p",
+            "  podSelector: {}\n  ingress: [{ports: [{port: 80}, {port: 1000, endPort: 1002, protocol: UDP}, {protocol: SCTP}]}]",
+        ));
+        assert!(allowed(&c, "y/a", "x/a", 80, TCP));
+        assert!(!allowed(&c, "y/a", "x/a", 80, Protocol::Udp));
+        assert!(allowed(&c, "y/a", "x/a", 1002, Protocol::Udp));
+        assert!(!allowed(&c, "y/a", "x/a", 1003, Protocol::Udp));
+        assert!(allowed(&c, "y/a", "x/a", 7, Protocol::Sctp));
+        assert!(
+            allowed(&c, "192.0.2.1", "x/a", 80, TCP),
+            "no from: every peer"
+        );
+    }
+
+    #[test]
+    fn named_ports_resolve_on_the_destination_pod() {
+        // Ingress: on the local pod (x/a has http=80, x/b has none).
+        let c = cluster(&policy(
+            "x",
+            "p",
+            "  podSelector: {}\n  ingress: [{ports: [{port: http}]}]",
+        ));
+        assert!(allowed(&c, "y/a", "x/a", 80, TCP));
+        assert!(!allowed(&c, "y/a", "x/a", 8080, TCP));
+        assert!(!allowed(&c, "y/a", "x/b", 80, TCP));
+        assert!(
+            !allowed(&c, "y/a", "x/a", 80, Protocol::Udp),
+            "name+protocol"
+        );
+        // Egress: on each destination pod.
+        let c = cluster(&policy(
+            "y",
+            "p",
+            "  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Egress]\n  egress: [{ports: [{port: http}]}]",
+        ));
+        assert!(allowed(&c, "y/a", "x/a", 80, TCP));
+        assert!(!allowed(&c, "y/a", "x/a", 8080, TCP));
+        assert!(allowed(&c, "y/a", "y/b", 8080, TCP));
+        assert!(!allowed(&c, "y/a", "y/b", 80, TCP));
+        assert!(!allowed(&c, "y/a", "x/b", 80, TCP));
+        assert!(!allowed(&c, "y/a", "192.0.2.1", 80, TCP));
+    }
+
+    #[test]
+    fn ip_block_with_except_matches_pods_and_external_addresses() {
+        let c = cluster(&policy(
+            "x",
+            "p",
+            "  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.2.0/24]}}, {ipBlock: {cidr: 192.0.2.0/24}}]}]",
+        ));
+        assert!(allowed(&c, "x/a", "x/b", 80, TCP));
+        assert!(!allowed(&c, "x/a", "y/a", 80, TCP));
+        assert!(allowed(&c, "x/a", "192.0.2.77", 80, TCP));
+        assert!(!allowed(&c, "x/a", "198.51.100.1", 80, TCP));
+    }
+
+    fn error_of(spec: &str) -> String {
+        compile(&cluster(&policy("x", "bad", spec)))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn invalid_policies_are_rejected_naming_object_and_field() {
+        let cases = [
+            (
+                "  podSelector: {}\n  ingress: [{ports: [{port: 81, endPort: 80}]}]",
+                "spec.ingress[0].ports[0].endPort: Invalid value: 80: must be greater than or equal to `port`",
+            ),
+            (
+                "  podSelector: {}\n  ingress: [{ports: [{port: http, endPort: 90}]}]",
+                "spec.ingress[0].ports[0].endPort: Invalid value: 90: may not be specified when `port` is non-numeric",
+            ),
+            (
+                "  podSelector: {}\n  ingress: [{ports: [{endPort: 90}]}]",
+                "spec.ingress[0].ports[0].endPort: Invalid value: 90: may not be specified when `port` is not specified",
+            ),
+            (
+                "  podSelector: {}\n  ingress: [{ports: [{port: 70000}]}]",
+                "spec.ingress[0].ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive",
+            ),
+            (
+                "  podSelector: {}\n  ingress: [{ports: [{port: Http_Port}]}]",
+                "spec.ingress[0].ports[0].port: Invalid value: \"Http_Port\"",
+            ),
+            (
+                "  podSelector: {}\n  egress: [{ports: [{port: 53, protocol: ICMP}]}]",
+                "spec.egress[0].ports[0].protocol: Unsupported value: \"ICMP\": supported values: \"SCTP\", \"TCP\", \"UDP\"",
+            ),
+            (
+                "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]",
+                "spec.ingress[0].from[0].ipBlock.cidr: Invalid value: \"10.0.0.0/33\": must be a valid CIDR value",
+            ),
+            (
+                "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.1.0.0/24]}}]}]",
+                "spec.ingress[0].from[0].ipBlock.except[0]: Invalid value: \"10.1.0.0/24\": must be a strict subset of `cidr`",
+            ),
+            (
+                "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.0.0/16]}}]}]",
+                "spec.ingress[0].from[0].ipBlock.except[0]: Invalid value: \"10.0.0.0/16\": must be a strict subset of `cidr`",
+            ),
+            (
+                "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]",
+                "spec.ingress[0].from[0]: Forbidden: may not specify both ipBlock and another peer",
+            ),
+            (
+                "  podSelector: {}\n  ingress: [{from: [{}]}]",
+                "spec.ingress[0].from[0]: Required value: must specify a peer",
+            ),
+            (
+                "  podSelector: {matchExpressions: [{key: app, operator: Equals, values: [a]}]}",
+                "spec.podSelector.matchExpressions[0].operator: Unsupported value: \"Equals\"",
+            ),
+            (
+                "  podSelector: {}\n  egress: [{to: [{namespaceSelector: {matchExpressions: [{key: team, operator: In, values: []}]}}]}]",
+                "spec.egress[0].to[0].namespaceSelector.matchExpressions[0].values: Required value",
+            ),
+            (
+                "  podSelector: {}\n  ingress: [{from: [{podSelector: {matchExpressions: [{key: team, operator: Exists, values: [a]}]}}]}]",
+                "spec.ingress[0].from[0].podSelector.matchExpressions[0].values: Forbidden",
+            ),
+            (
+                "  podSelector: {}\n  policyTypes: [Ingress, Outgress]",
+                "spec.policyTypes[1]: Unsupported value: \"Outgress\": supported values: \"Ingress\", \"Egress\"",
+            ),
+        ];
+        for (spec, want) in cases {
+            let e = error_of(spec);
+            assert!(
+                e.starts_with("NetworkPolicy x/bad is invalid: ") && e.contains(want),
+                "{spec}\n got: {e}\nwant: {want}"
+            );
+        }
+    }
+}
