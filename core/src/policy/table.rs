@@ -87,6 +87,21 @@ pub struct PolicyStorage<'a> {
     pub prefixes: &'a mut [Prefix],
 }
 
+/// A read-only view of a rule's peers (see [`PolicyTable::rule_peers`]). A peer is
+/// admitted when (`any`, or `any_pod` and it has a pod identity, or its pod identity or
+/// its CIDR class is in `set`) and (no `only`, or its pod identity is in `only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RulePeers<'t> {
+    /// Every peer.
+    pub any: bool,
+    /// Every peer with a pod identity.
+    pub any_pod: bool,
+    /// Sorted pod identities and CIDR classes.
+    pub set: &'t [Identity],
+    /// The identity filter, if any (sorted).
+    pub only: Option<&'t [Identity]>,
+}
+
 /// Compiled NetworkPolicy for one node's endpoints; see the module documentation.
 #[derive(Debug)]
 pub struct PolicyTable<'a> {
@@ -399,6 +414,22 @@ impl<'a> PolicyTable<'a> {
     /// The rules of a direction policy (for explanations and tests).
     pub fn rules_of(&self, dir: &DirPolicy) -> &[Rule] {
         dir.rules.of(self.rules)
+    }
+
+    /// The peers of `rule` (for control-plane tools such as a reachability matrix,
+    /// which evaluate whole peer sets at once instead of one flow at a time).
+    pub fn rule_peers(&self, rule: &Rule) -> RulePeers<'_> {
+        RulePeers {
+            any: rule.flags & FLAG_ANY_PEER != 0,
+            any_pod: rule.flags & FLAG_ANY_POD != 0,
+            set: rule.peers.of(self.peers),
+            only: (rule.flags & FLAG_FILTERED != 0).then(|| rule.filter.of(self.peers)),
+        }
+    }
+
+    /// True when `rule` admits destination `port` of IP protocol `protocol`.
+    pub fn rule_admits_port(&self, rule: &Rule, port: u16, protocol: u8) -> bool {
+        self.ports_admit(rule, port, protocol)
     }
 
     // ---- evaluation ---------------------------------------------------------------
