@@ -501,6 +501,27 @@ fn main() {
         flows.len()
     );
 
+    // Breakdown: the two address-table lookups alone.
+    let mut lookups = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        let mut n = 0u32;
+        for _ in 0..20 {
+            for f in &flows {
+                let a = t.address(&black_box(f.0));
+                let b = t.address(&black_box(f.1));
+                n = n.wrapping_add(black_box(a).endpoint().map_or(0, |e| e.0))
+                    ^ black_box(b).identity().map_or(0, |i| i.0);
+            }
+        }
+        black_box(n);
+        lookups.push(start.elapsed().as_nanos() as f64 / (20.0 * flows.len() as f64));
+    }
+    let (lookup_ns, _) = min_median(lookups);
+    println!(
+        "{{\"case\":\"new_flow_address_lookups\",\"what\":\"the 2 ipcache lookups of evaluate_connection alone\",\"ns_per_flow_min\":{lookup_ns:.1}}}"
+    );
+
     // Naive peer (fewer samples: it is slow).
     let mut naive = Vec::new();
     for _ in 0..3 {

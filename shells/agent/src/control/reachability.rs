@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use podwire_core::policy::{DirPolicy, Identity, PolicyTable};
+use podwire_core::policy::{DirPolicy, Identity, PeerSet, PeerSetView, PolicyTable};
 
 use super::cluster::{ClusterState, Protocol};
 
@@ -160,14 +160,14 @@ pub fn reachability(
         }
         endpoint.push(info.endpoint());
     }
-    let mut set_cache: HashMap<(usize, usize), Vec<u64>> = HashMap::new();
-    let mut set_bits = |set: &[Identity]| -> Vec<u64> {
+    let mut set_cache: HashMap<PeerSet, Vec<u64>> = HashMap::new();
+    let mut set_bits = |set: PeerSetView<'_>| -> Vec<u64> {
         set_cache
-            .entry((set.as_ptr() as usize, set.len()))
+            .entry(set.stored())
             .or_insert_with(|| {
                 let mut b = vec![0u64; words];
-                for id in set {
-                    if let Some(ids) = by_id.get(id) {
+                for id in set.iter() {
+                    if let Some(ids) = by_id.get(&id) {
                         b.iter_mut().zip(ids).for_each(|(x, y)| *x |= y);
                     }
                 }
