@@ -144,7 +144,13 @@ pub struct Rule {
     pub(crate) peers: PeerSet,
     /// The filter set in the peer array (only its pod identities count).
     pub(crate) filter: PeerSet,
-    /// Port ranges in the port array; empty means every port of every protocol.
+    /// How many of `inline_ports` are used; 0: the ranges are `ports`.
+    pub(crate) inline_count: u8,
+    /// Up to two port ranges kept in the rule itself, so most port checks read no
+    /// other cache line.
+    pub(crate) inline_ports: [PortRange; 2],
+    /// Port ranges in the port array; with `inline_count == 0`, empty means every
+    /// port of every protocol.
     pub(crate) ports: Span,
 }
 
@@ -156,6 +162,8 @@ impl Rule {
         flags: 0,
         peers: PeerSet::EMPTY,
         filter: PeerSet::EMPTY,
+        inline_count: 0,
+        inline_ports: [PortRange::ANY; 2],
         ports: Span::EMPTY,
     };
 }

@@ -391,13 +391,28 @@ impl<'a> PolicyTable<'a> {
             }
             None => PeerSet::EMPTY,
         };
+        let ranges = spec.ports.0.of(self.ports);
+        let mut inline_ports = [PortRange::ANY; 2];
+        let (inline_count, ports) = match ranges {
+            [a] => {
+                inline_ports[0] = *a;
+                (1, Span::EMPTY)
+            }
+            [a, b] => {
+                inline_ports = [*a, *b];
+                (2, Span::EMPTY)
+            }
+            _ => (0, spec.ports.0),
+        };
         *slot = Rule {
             policy: spec.policy,
             index: spec.index,
             flags,
             peers: spec.peers,
             filter,
-            ports: spec.ports.0,
+            inline_count,
+            inline_ports,
+            ports,
         };
         self.rule_count += 1;
         Ok(())
@@ -532,6 +547,10 @@ impl<'a> PolicyTable<'a> {
 
     #[inline]
     fn ports_admit(&self, rule: &Rule, port: u16, protocol: u8) -> bool {
+        if rule.inline_count != 0 {
+            return rule.inline_ports[0].admits(port, protocol)
+                || (rule.inline_count == 2 && rule.inline_ports[1].admits(port, protocol));
+        }
         rule.ports.len == 0
             || rule
                 .ports
