@@ -27,6 +27,7 @@ pub mod ids;
 pub mod ipam;
 pub mod maglev;
 pub mod nat;
+pub mod policy;
 pub mod route;
 pub mod service;
 pub mod vxlan;
