@@ -492,7 +492,10 @@ pub struct Entry {
     nat: u8,
     live: bool,
     /// An opaque verdict the datapath caches per connection (e.g. a policy rule id).
-    pub verdict: u32,
+    pub verdict: u64,
+    /// The policy epoch `verdict` was computed in; the datapath re-evaluates the
+    /// verdict when policy has changed since.
+    pub policy_epoch: u32,
     /// An opaque service id the datapath caches per connection.
     pub service: u16,
     next_free: u32,
@@ -521,6 +524,7 @@ impl Entry {
         nat: 0,
         live: false,
         verdict: 0,
+        policy_epoch: 0,
         service: 0,
         next_free: EMPTY,
         last_seen: Instant::ZERO,
@@ -899,6 +903,7 @@ impl<'a> ConnTrack<'a> {
                 | if nat.snat.is_some() { NAT_SNAT } else { 0 },
             live: true,
             verdict: 0,
+            policy_epoch: 0,
             service: 0,
             next_free: EMPTY,
             last_seen: now,
