@@ -234,6 +234,7 @@ impl AddrInfo {
 
 /// An `ipBlock` peer: addresses in `cidr` except those in any of `except`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct IpBlock<'s> {
     /// The block.
     pub cidr: Cidr,
@@ -244,6 +245,7 @@ pub struct IpBlock<'s> {
 /// A set of peers to add with [`super::PolicyTable::add_peer_set`]: the union of
 /// everything listed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct PeerSpec<'s> {
     /// Every peer at all, pod or not (a rule without `from`/`to`).
     pub any: bool,
@@ -314,6 +316,7 @@ impl PortSet {
 
 /// A rule to add to the table with [`super::PolicyTable::push_rule`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct RuleSpec {
     /// The policy the rule comes from.
     pub policy: PolicyId,

@@ -12,12 +12,15 @@
 //!   and port sets are added once and shared by every rule made from the same
 //!   Kubernetes rule, which keeps the hot data small enough to stay in cache.
 //!
-//! A peer set is a sorted slice of identities searched by binary search rather than a
-//! bitmap over all identities: it costs memory in proportion to the selector's size
-//! (most select a handful of identities), stays tiny on the firmware, and "every pod"
-//! and "every peer" are flags, so the broadest selectors never enumerate. CIDR blocks
-//! become CIDR classes ([`super::cidr`]) stored in the same sorted slice above
-//! [`Identity::CIDR_BASE`], so one search serves both kinds of peer.
+//! A peer set is stored in whichever of two forms is smaller (see [`PeerSet`]): a
+//! sorted slice of identities searched by binary search — memory in proportion to the
+//! selector's size, right for the many selectors that pick a handful of identities and
+//! for the firmware's small tables — or a bitmap over pod identities, one load per
+//! test, right for broad selectors ("every pod of the prod namespaces") that would
+//! otherwise cost a ten-step search. "Every pod" and "every peer" are flags, so the
+//! broadest selectors never enumerate. CIDR blocks become CIDR classes
+//! ([`super::cidr`]) kept as a sorted tail of the same run, above
+//! [`Identity::CIDR_BASE`]. Up to two port ranges live inside the rule itself.
 //!
 //! Building happens in a fixed order: prefixes (all of them first, since CIDR class
 //! numbers are prefix indexes), then peer sets / port sets / rules, closing each
@@ -91,6 +94,7 @@ pub struct PolicyStorage<'a> {
 /// admitted when (`any`, or `any_pod` and it has a pod identity, or its pod identity or
 /// its CIDR class is in `set`) and (no `only`, or its pod identity is in `only`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct RulePeers<'t> {
     /// Every peer.
     pub any: bool,
@@ -104,6 +108,7 @@ pub struct RulePeers<'t> {
 
 /// A stored peer set, readable (see [`RulePeers`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct PeerSetView<'t> {
     set: PeerSet,
     run: &'t [Identity],

@@ -140,7 +140,7 @@ pub fn reachability(
     let words = n.div_ceil(64);
     let proto = protocol.number();
     let mut all = vec![!0u64; words];
-    if n % 64 != 0 {
+    if !n.is_multiple_of(64) {
         if let Some(last) = all.last_mut() {
             *last = (1u64 << (n % 64)) - 1;
         }
