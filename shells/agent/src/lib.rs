@@ -1,0 +1,16 @@
+//! # podwire-agent
+//!
+//! podwire's Linux shell: the node agent (`podwire agent`), its kubectl-style CLI, and
+//! the CNI plugin (`podwire-cni`).
+//!
+//! Design note: the crate is split by responsibility. `cni/` is what the container
+//! runtime executes (synchronous, small); `api` is the local socket protocol between
+//! the plugin/CLI and the agent; `control/` turns cluster state into what the node
+//! needs (node view, IPAM with its persisted state); `netlink/` configures links,
+//! addresses and routes behind a trait with a real rtnetlink implementation and a
+//! recording fake; `dataplane/` owns TAP devices and the loop that feeds frames
+//! through the core datapath; `agent/` ties them into the daemon; `cli/` is the
+//! command line.
+
+pub mod api;
+pub mod cni;
