@@ -22,6 +22,7 @@ extern crate std;
 pub mod datapath;
 pub mod flow;
 pub mod ids;
+pub mod ipam;
 pub mod wire;
 
 pub use smoltcp::time::{Duration, Instant};
