@@ -14,3 +14,5 @@
 
 pub mod api;
 pub mod cni;
+pub mod dataplane;
+pub mod netlink;
