@@ -16,3 +16,4 @@ pub mod api;
 pub mod cni;
 pub mod dataplane;
 pub mod netlink;
+pub mod control;
