@@ -31,6 +31,8 @@ pub enum Call {
     ReplaceRoute(Ns, Route),
     /// `delete_link(ns, name)`.
     DeleteLink(Ns, String),
+    /// `delete_route(ns, destination)`.
+    DeleteRoute(Ns, IpNet),
 }
 
 #[derive(Debug, Default)]
@@ -259,6 +261,28 @@ impl Netlink for RecordingNetlink {
             .filter(|(n, _)| n == ns)
             .map(|(_, r)| r.clone())
             .collect())
+    }
+
+    async fn delete_route(&self, ns: &Ns, destination: IpNet) -> NlResult<bool> {
+        let mut m = self.record(Call::DeleteRoute(ns.clone(), destination))?;
+        let before = m.routes.len();
+        m.routes
+            .retain(|(n, r)| !(n == ns && r.destination == destination));
+        Ok(m.routes.len() != before)
+    }
+
+    async fn links(&self, ns: &Ns) -> NlResult<Vec<(String, LinkState)>> {
+        let m = self.model.lock().unwrap();
+        m.check_ns("links", ns)?;
+        Ok(m.links
+            .iter()
+            .filter(|((n, _), _)| n == ns)
+            .map(|((_, name), s)| (name.clone(), s.clone()))
+            .collect())
+    }
+
+    fn ns_exists(&self, ns: &Ns) -> bool {
+        !self.model.lock().unwrap().missing_ns.contains(ns)
     }
 
     async fn delete_link(&self, ns: &Ns, name: &str) -> NlResult<bool> {

@@ -157,6 +157,16 @@ pub trait Netlink: Send + Sync + 'static {
     /// The IPv4 routes of the main table of `ns`.
     fn routes(&self, ns: &Ns) -> impl Future<Output = NlResult<Vec<Route>>> + Send;
 
+    /// Removes the route to `destination` from the main table of `ns`; `Ok(false)` if
+    /// there was none.
+    fn delete_route(&self, ns: &Ns, destination: IpNet) -> impl Future<Output = NlResult<bool>> + Send;
+
+    /// Every link of `ns` with its state.
+    fn links(&self, ns: &Ns) -> impl Future<Output = NlResult<Vec<(String, LinkState)>>> + Send;
+
+    /// Whether the namespace exists (a pod's netns path may be gone).
+    fn ns_exists(&self, ns: &Ns) -> bool;
+
     /// Deletes link `name` in `ns`; `Ok(false)` if it did not exist.
     fn delete_link(&self, ns: &Ns, name: &str) -> impl Future<Output = NlResult<bool>> + Send;
 }

@@ -302,6 +302,54 @@ impl Netlink for RtNetlink {
         Ok(out)
     }
 
+    async fn delete_route(&self, ns: &Ns, destination: IpNet) -> NlResult<bool> {
+        let h = self.handle("delete_route", ns).await?;
+        let IpNet::V4(dst) = destination else {
+            return Ok(false);
+        };
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.addr(), dst.prefix_len())
+            .build();
+        match h.route().del(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) => match map_err("delete_route", format!("{destination} in {ns}"), e) {
+                NetlinkError::NotFound { .. } => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn links(&self, ns: &Ns) -> NlResult<Vec<(String, LinkState)>> {
+        let h = self.handle("links", ns).await?;
+        let mut names = Vec::new();
+        let mut s = h.link().get().execute();
+        while let Some(l) = s
+            .try_next()
+            .await
+            .map_err(|e| map_err("links", ns.to_string(), e))?
+        {
+            for a in &l.attributes {
+                if let LinkAttribute::IfName(n) = a {
+                    names.push(n.clone());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for n in names {
+            if let Some(state) = self.link(ns, &n).await? {
+                out.push((n, state));
+            }
+        }
+        Ok(out)
+    }
+
+    fn ns_exists(&self, ns: &Ns) -> bool {
+        match ns {
+            Ns::Node => true,
+            Ns::Path(p) => p.exists(),
+        }
+    }
+
     async fn delete_link(&self, ns: &Ns, name: &str) -> NlResult<bool> {
         let h = match self.handle("delete_link", ns).await {
             Ok(h) => h,
