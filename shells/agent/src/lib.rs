@@ -17,3 +17,4 @@ pub mod cni;
 pub mod dataplane;
 pub mod netlink;
 pub mod control;
+pub mod agent;

@@ -1,0 +1,3 @@
+//! The node agent daemon: pod wiring, the local API server, cluster-state reloads.
+
+pub mod pods;
