@@ -18,3 +18,4 @@ pub mod dataplane;
 pub mod netlink;
 pub mod control;
 pub mod agent;
+pub mod cli;
