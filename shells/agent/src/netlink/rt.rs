@@ -307,8 +307,10 @@ impl Netlink for RtNetlink {
         let IpNet::V4(dst) = destination else {
             return Ok(false);
         };
+        // Scope "nowhere" matches any scope on delete (as `ip route del` does).
         let msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst.addr(), dst.prefix_len())
+            .scope(RouteScope::NoWhere)
             .build();
         match h.route().del(msg).execute().await {
             Ok(()) => Ok(true),
