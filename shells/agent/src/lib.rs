@@ -12,10 +12,10 @@
 //! through the core datapath; `agent/` ties them into the daemon; `cli/` is the
 //! command line.
 
+pub mod agent;
 pub mod api;
+pub mod cli;
 pub mod cni;
+pub mod control;
 pub mod dataplane;
 pub mod netlink;
-pub mod control;
-pub mod agent;
-pub mod cli;

@@ -35,8 +35,16 @@ fn add_configures_eth0_and_the_host_port() {
     let link = eth0(&netns);
     assert_eq!(link["mtu"], 1450);
     assert_eq!(link["address"], j["interfaces"][0]["mac"]);
-    let flags: Vec<&str> = link["flags"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
-    assert!(flags.contains(&"UP") && flags.contains(&"LOWER_UP"), "{flags:?}");
+    let flags: Vec<&str> = link["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(
+        flags.contains(&"UP") && flags.contains(&"LOWER_UP"),
+        "{flags:?}"
+    );
     let addr = link["addr_info"]
         .as_array()
         .unwrap()
@@ -74,7 +82,12 @@ fn add_configures_eth0_and_the_host_port() {
     assert_eq!(pods[0]["labels"]["app"], "web");
     assert_eq!(pods[0]["state"], "attached");
     let status = c.podwire(&["status"]).unwrap();
-    assert!(status.lines().any(|l| l.starts_with("IPAM:") && l.contains("1/253")), "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("IPAM:") && l.contains("1/253")),
+        "{status}"
+    );
 
     // CHECK with the ADD result as prevResult passes.
     let mut conf = c.net_conf();
@@ -99,7 +112,8 @@ fn fifty_concurrent_adds_get_distinct_addresses_and_dels_free_them_all() {
             })
         })
         .collect();
-    let pods: Vec<(String, String, Ipv4Addr)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let pods: Vec<(String, String, Ipv4Addr)> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
     let ips: HashSet<Ipv4Addr> = pods.iter().map(|p| p.2).collect();
     assert_eq!(ips.len(), 50, "addresses must be distinct");
     // Each pod really has its address.
@@ -129,7 +143,11 @@ fn fifty_concurrent_adds_get_distinct_addresses_and_dels_free_them_all() {
     // The pods' interfaces are gone.
     for (_, netns, _) in &pods {
         let links = ip_json(netns, &["link", "show"]);
-        assert!(links.as_array().unwrap().iter().all(|l| l["ifname"] != "eth0"));
+        assert!(links
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["ifname"] != "eth0"));
     }
 }
 
@@ -143,7 +161,11 @@ fn del_is_idempotent_twice_unknown_and_after_the_netns_is_gone() {
     assert_eq!(c.del_pod("a", &netns).code, 0);
     let again = c.del_pod("a", &netns);
     assert_eq!((again.code, again.stdout.as_str()), (0, ""));
-    assert_eq!(c.cni("DEL", "never-added", None, &c.net_conf().to_string()).code, 0);
+    assert_eq!(
+        c.cni("DEL", "never-added", None, &c.net_conf().to_string())
+            .code,
+        0
+    );
 
     let (netns_b, _) = c.add_pod("b");
     c.ns.delete(&netns_b);
@@ -160,14 +182,26 @@ fn check_reports_a_removed_address() {
     let c = Cluster::start();
     let (netns, out) = c.add_pod("a");
     let ip = out.ip();
-    sh(&["ip", "-n", &netns, "addr", "del", &format!("{ip}/24"), "dev", "eth0"]);
+    sh(&[
+        "ip",
+        "-n",
+        &netns,
+        "addr",
+        "del",
+        &format!("{ip}/24"),
+        "dev",
+        "eth0",
+    ]);
     let mut conf = c.net_conf();
     conf["prevResult"] = out.json();
     let chk = c.cni("CHECK", "a", Some(&netns), &conf.to_string());
     assert_eq!(chk.code, 1);
     let e = chk.json();
     assert_eq!(e["code"], 102);
-    assert!(e["msg"].as_str().unwrap().contains(&format!("{ip}/24")), "{e}");
+    assert!(
+        e["msg"].as_str().unwrap().contains(&format!("{ip}/24")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -184,7 +218,12 @@ fn gc_frees_attachments_not_in_the_valid_list() {
     let gc = c.cni("GC", "", None, &conf.to_string());
     assert_eq!((gc.code, gc.stdout.as_str()), (0, ""));
     let pods = c.view_json("pods");
-    let ids: Vec<&str> = pods.as_array().unwrap().iter().map(|p| p["container_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = pods
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["container_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, vec!["keep"]);
 
     // The legacy key name is honoured too.
@@ -220,11 +259,17 @@ fn bad_input_returns_the_spec_error_json() {
     // Missing environment variables are named (code 4).
     let o = run_plugin(
         &c.dir.0.join("bin/podwire-cni"),
-        &[("CNI_COMMAND", "ADD".into()), ("CNI_PATH", "/opt/cni/bin".into())],
+        &[
+            ("CNI_COMMAND", "ADD".into()),
+            ("CNI_PATH", "/opt/cni/bin".into()),
+        ],
         &c.net_conf().to_string(),
     );
     assert_eq!(o.json()["code"], 4);
-    assert!(o.json()["msg"].as_str().unwrap().contains("CNI_CONTAINERID"));
+    assert!(o.json()["msg"]
+        .as_str()
+        .unwrap()
+        .contains("CNI_CONTAINERID"));
     // VERSION.
     let o = run_plugin(
         &c.dir.0.join("bin/podwire-cni"),
@@ -232,7 +277,10 @@ fn bad_input_returns_the_spec_error_json() {
         r#"{"cniVersion":"1.0.0"}"#,
     );
     assert_eq!(o.code, 0);
-    assert_eq!(o.json()["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]));
+    assert_eq!(
+        o.json()["supportedVersions"],
+        json!(["0.4.0", "1.0.0", "1.1.0"])
+    );
     // Nothing was allocated by the failures.
     assert_eq!(c.view_json("ipam")["allocated"], 0);
     // STATUS is fine while the agent runs.
@@ -316,7 +364,10 @@ fn an_invalid_manifest_is_rejected_and_the_last_good_state_kept() {
     };
     let cluster_line = status.lines().find(|l| l.starts_with("Cluster:")).unwrap();
     assert!(cluster_line.contains("Warning"), "{status}");
-    assert!(cluster_line.contains("Node/node-b") && cluster_line.contains("spec.podCIDR"), "{cluster_line}");
+    assert!(
+        cluster_line.contains("Node/node-b") && cluster_line.contains("spec.podCIDR"),
+        "{cluster_line}"
+    );
     // Still serving: ADD works on the last good state.
     let (_n2, out) = c.add_pod("b");
     assert_eq!(out.code, 0);
@@ -328,7 +379,11 @@ fn an_invalid_manifest_is_rejected_and_the_last_good_state_kept() {
         if r.as_array().is_some_and(|a| !a.is_empty()) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "route not updated: {}", c.agent_log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "route not updated: {}",
+            c.agent_log()
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(ip_json(&c.node_ns, &["route", "show", "10.244.2.0/24"])
@@ -336,7 +391,12 @@ fn an_invalid_manifest_is_rejected_and_the_last_good_state_kept() {
         .unwrap()
         .is_empty());
     let status = c.podwire(&["status"]).unwrap();
-    assert!(status.lines().any(|l| l.starts_with("Cluster:") && l.contains("Ok")), "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Cluster:") && l.contains("Ok")),
+        "{status}"
+    );
 }
 
 /// Same-node pod↔pod TCP must reach the server with the client's real pod IP.
@@ -356,13 +416,26 @@ fn same_node_pod_to_pod_tcp_and_udp_see_the_real_source_ip() {
     assert_eq!(seen, client.ip().to_string());
     t.join().unwrap();
     let u = udp_peer_reporter(&server_ns, 5353, 1);
-    assert_eq!(udp_ask(&client_ns, (server.ip(), 5353).into()).unwrap(), client.ip().to_string());
+    assert_eq!(
+        udp_ask(&client_ns, (server.ip(), 5353).into()).unwrap(),
+        client.ip().to_string()
+    );
     u.join().unwrap();
     // Node -> pod and pod -> node, with real source addresses.
     let t = tcp_peer_reporter(&server_ns, 8081, 1);
-    assert_eq!(tcp_ask(&c.node_ns, (server.ip(), 8081).into()).unwrap(), "10.244.1.1");
+    assert_eq!(
+        tcp_ask(&c.node_ns, (server.ip(), 8081).into()).unwrap(),
+        "10.244.1.1"
+    );
     t.join().unwrap();
     let t = tcp_peer_reporter(&c.node_ns, 8082, 1);
-    assert_eq!(tcp_ask(&client_ns, ("10.244.1.1".parse::<Ipv4Addr>().unwrap(), 8082).into()).unwrap(), client.ip().to_string());
+    assert_eq!(
+        tcp_ask(
+            &client_ns,
+            ("10.244.1.1".parse::<Ipv4Addr>().unwrap(), 8082).into()
+        )
+        .unwrap(),
+        client.ip().to_string()
+    );
     t.join().unwrap();
 }

@@ -85,7 +85,11 @@ async fn detect_underlay_mtu<N: Netlink>(nl: &N, view: &ClusterView) -> Option<u
     let links = nl.links(&Ns::Node).await.ok()?;
     links
         .into_iter()
-        .find(|(_, l)| l.addresses.iter().any(|a| a.addr() == std::net::IpAddr::V4(ip)))
+        .find(|(_, l)| {
+            l.addresses
+                .iter()
+                .any(|a| a.addr() == std::net::IpAddr::V4(ip))
+        })
         .map(|(_, l)| l.mtu)
 }
 
@@ -105,7 +109,9 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let nl = Arc::new(RtNetlink::new().context("opening rtnetlink")?);
     let underlay = match config.underlay_mtu {
         Some(m) => m,
-        None => detect_underlay_mtu(nl.as_ref(), &view).await.unwrap_or(1500),
+        None => detect_underlay_mtu(nl.as_ref(), &view)
+            .await
+            .unwrap_or(1500),
     };
     if underlay <= VXLAN_OVERHEAD + 576 {
         bail!("underlay MTU {underlay} is too small");
@@ -186,7 +192,10 @@ fn bind(socket: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-async fn serve<N: Netlink>(mut stream: tokio::net::UnixStream, shared: Arc<Mutex<Shared<N>>>) -> Result<()> {
+async fn serve<N: Netlink>(
+    mut stream: tokio::net::UnixStream,
+    shared: Arc<Mutex<Shared<N>>>,
+) -> Result<()> {
     let mut body = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut body)).await??;
     let response = match serde_json::from_slice::<Request>(&body) {
@@ -198,7 +207,11 @@ async fn serve<N: Netlink>(mut stream: tokio::net::UnixStream, shared: Arc<Mutex
     Ok(())
 }
 
-async fn reload_loop<N: Netlink>(shared: Arc<Mutex<Shared<N>>>, config: AgentConfig, mut last: Vec<u8>) {
+async fn reload_loop<N: Netlink>(
+    shared: Arc<Mutex<Shared<N>>>,
+    config: AgentConfig,
+    mut last: Vec<u8>,
+) {
     let mut tick = tokio::time::interval(config.reload_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -27,9 +27,7 @@ use ipnet::{IpNet, Ipv4Net};
 use podwire_core::ids::PortId;
 
 use crate::api::{CniRequest, IpamAllocation, IpamReport, PodRow};
-use crate::cni::spec::{
-    CniError, CniResult, Dns, ErrorCode, Interface, IpConfig, RouteConfig,
-};
+use crate::cni::spec::{CniError, CniResult, Dns, ErrorCode, Interface, IpConfig, RouteConfig};
 use crate::control::cluster::ClusterView;
 use crate::control::ipam::{mac_for, Attachment, AttachmentKey, IpamError, NodeIpam};
 use crate::dataplane::ports::{Port, PortKind, Ports, HOST_PORT};
@@ -134,7 +132,11 @@ impl<N: Netlink> Pods<N> {
         let gw = self.ipam.gateway();
         let mac = mac_for(gw);
         let tap = match self.nl.link(&Ns::Node, HOST_TAP).await? {
-            Some(_) => self.nl.attach_tap(&Ns::Node, HOST_TAP, self.config.tap).await?,
+            Some(_) => {
+                self.nl
+                    .attach_tap(&Ns::Node, HOST_TAP, self.config.tap)
+                    .await?
+            }
             None => self.nl.create_tap(HOST_TAP, self.config.tap).await?,
         };
         self.nl
@@ -166,7 +168,12 @@ impl<N: Netlink> Pods<N> {
     /// Makes the routes through `podwire0` exactly `remote_cidrs`.
     pub async fn sync_host_routes(&mut self, remote_cidrs: &[Ipv4Net]) -> Result<(), NetlinkError> {
         let want: BTreeSet<Ipv4Net> = remote_cidrs.iter().copied().collect();
-        for stale in self.host_routes.difference(&want).copied().collect::<Vec<_>>() {
+        for stale in self
+            .host_routes
+            .difference(&want)
+            .copied()
+            .collect::<Vec<_>>()
+        {
             self.nl.delete_route(&Ns::Node, IpNet::V4(stale)).await?;
             self.host_routes.remove(&stale);
         }
@@ -203,7 +210,11 @@ impl<N: Netlink> Pods<N> {
                 failed.push((a.key.clone(), format!("{ns} is gone")));
                 None
             } else {
-                match self.nl.attach_tap(&ns, &a.key.ifname, self.config.tap).await {
+                match self
+                    .nl
+                    .attach_tap(&ns, &a.key.ifname, self.config.tap)
+                    .await
+                {
                     Ok(t) => Some(t),
                     Err(e) => {
                         failed.push((a.key.clone(), e.to_string()));
@@ -255,7 +266,9 @@ impl<N: Netlink> Pods<N> {
             .ok_or_else(|| CniError::new(ErrorCode::InvalidEnvironment, "CNI_NETNS is required"))?;
         let ns = Ns::Path(PathBuf::from(&netns));
         if !self.nl.ns_exists(&ns) {
-            return Err(internal(format!("network namespace {netns} does not exist")));
+            return Err(internal(format!(
+                "network namespace {netns} does not exist"
+            )));
         }
         if let Some(existing) = self.ipam.get(&key).cloned() {
             let wired = existing.netns == netns
@@ -273,7 +286,13 @@ impl<N: Netlink> Pods<N> {
                 key.container_id, key.ifname, existing.netns
             )));
         }
-        if self.nl.link(&ns, &key.ifname).await.map_err(internal)?.is_some() {
+        if self
+            .nl
+            .link(&ns, &key.ifname)
+            .await
+            .map_err(internal)?
+            .is_some()
+        {
             return Err(internal(format!(
                 "interface {} already exists in {netns}",
                 key.ifname
@@ -435,7 +454,10 @@ impl<N: Netlink> Pods<N> {
         let a = self.ipam.get(&key).cloned().ok_or_else(|| {
             CniError::new(
                 ErrorCode::UnknownContainer,
-                format!("container {} interface {} is not attached", key.container_id, key.ifname),
+                format!(
+                    "container {} interface {} is not attached",
+                    key.container_id, key.ifname
+                ),
             )
         })?;
         let fail = |m: String| CniError::new(ErrorCode::CheckFailed, m);
@@ -443,10 +465,13 @@ impl<N: Netlink> Pods<N> {
         if !self.nl.ns_exists(&ns) {
             return Err(fail(format!("network namespace {} is gone", a.netns)));
         }
-        let want = IpNet::V4(Ipv4Net::new(a.ip, self.prefix().prefix_len()).unwrap_or(self.prefix()));
+        let want =
+            IpNet::V4(Ipv4Net::new(a.ip, self.prefix().prefix_len()).unwrap_or(self.prefix()));
         for prev in &req.prev_addresses {
             if *prev != want {
-                return Err(fail(format!("prevResult address {prev} is not the allocated {want}")));
+                return Err(fail(format!(
+                    "prevResult address {prev} is not the allocated {want}"
+                )));
             }
         }
         let link = self
@@ -480,10 +505,16 @@ impl<N: Netlink> Pods<N> {
         if !routes.iter().any(|r| {
             r.destination.prefix_len() == 0 && r.gateway == Some(gw) && r.device == key.ifname
         }) {
-            return Err(fail(format!("default route via {gw} dev {} missing", key.ifname)));
+            return Err(fail(format!(
+                "default route via {gw} dev {} missing",
+                key.ifname
+            )));
         }
         if !self.ports.is_attached(PortId(a.port)) {
-            return Err(fail(format!("interface {} is not attached to the dataplane", key.ifname)));
+            return Err(fail(format!(
+                "interface {} is not attached to the dataplane",
+                key.ifname
+            )));
         }
         Ok(())
     }
@@ -645,18 +676,31 @@ mod tests {
             .collect();
         assert_eq!(
             kinds,
-            ["CreateTap", "SetLink", "MoveLink", "SetLink", "AddAddress", "SetLink", "ReplaceRoute"]
+            [
+                "CreateTap",
+                "SetLink",
+                "MoveLink",
+                "SetLink",
+                "AddAddress",
+                "SetLink",
+                "ReplaceRoute"
+            ]
         );
         assert_eq!(calls[0], Call::CreateTap(tmp.clone()));
         assert_eq!(calls[2], Call::MoveLink(tmp.clone(), ns.clone()));
-        assert!(matches!(&calls[3], Call::SetLink(n, name, c) if *n == ns && *name == tmp && c.rename.as_deref() == Some("eth0")));
+        assert!(
+            matches!(&calls[3], Call::SetLink(n, name, c) if *n == ns && *name == tmp && c.rename.as_deref() == Some("eth0"))
+        );
         let links = nl.links_in(&ns);
         assert_eq!(links.len(), 1);
         let (name, state) = &links[0];
         assert_eq!(name, "eth0");
         assert!(state.up);
         assert_eq!(state.mtu, 1450);
-        assert_eq!(state.addresses, vec!["10.244.1.2/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            state.addresses,
+            vec!["10.244.1.2/24".parse::<IpNet>().unwrap()]
+        );
         let routes = nl.routes_in(&ns);
         assert_eq!(routes[0].gateway, Some("10.244.1.1".parse().unwrap()));
         // CHECK passes on a freshly wired pod.
@@ -726,7 +770,11 @@ mod tests {
         }];
         let freed = pods.gc(&r).await.unwrap();
         assert_eq!(freed.len(), 2);
-        let left: Vec<_> = pods.ipam().attachments().map(|a| a.key.container_id.clone()).collect();
+        let left: Vec<_> = pods
+            .ipam()
+            .attachments()
+            .map(|a| a.key.container_id.clone())
+            .collect();
         assert_eq!(left, vec!["b".to_string()]);
     }
 
@@ -738,14 +786,23 @@ mod tests {
         drop(pods);
         nl.remove_ns(pod_ns("b"));
         let ipam = NodeIpam::open(&d.0, "10.244.1.0/24".parse().unwrap()).unwrap();
-        let mut pods = Pods::new(nl.clone(), ipam, WiringConfig { mtu: 1450, tap: TapOptions::default() });
+        let mut pods = Pods::new(
+            nl.clone(),
+            ipam,
+            WiringConfig {
+                mtu: 1450,
+                tap: TapOptions::default(),
+            },
+        );
         let failed = pods.adopt().await;
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].0.container_id, "b");
         let rows = pods.rows(None);
         assert_eq!(rows.len(), 2);
         assert_eq!(rows.iter().filter(|r| r.state == "attached").count(), 1);
-        assert!(nl.calls().contains(&Call::AttachTap(pod_ns("a"), "eth0".into())));
+        assert!(nl
+            .calls()
+            .contains(&Call::AttachTap(pod_ns("a"), "eth0".into())));
     }
 
     #[tokio::test]
@@ -756,7 +813,10 @@ mod tests {
         pods.ensure_host_port(&[n2, n3]).await.unwrap();
         let host = nl.links_in(&Ns::Node);
         assert_eq!(host[0].0, HOST_TAP);
-        assert_eq!(host[0].1.addresses, vec!["10.244.1.1/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            host[0].1.addresses,
+            vec!["10.244.1.1/24".parse::<IpNet>().unwrap()]
+        );
         assert_eq!(nl.routes_in(&Ns::Node).len(), 2);
         pods.sync_host_routes(&[n3]).await.unwrap();
         let routes = nl.routes_in(&Ns::Node);

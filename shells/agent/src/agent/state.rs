@@ -69,7 +69,10 @@ impl<N: Netlink> Shared<N> {
         }
     }
 
-    async fn cni(&mut self, req: &CniRequest) -> Result<Option<crate::cni::spec::CniResult>, CniError> {
+    async fn cni(
+        &mut self,
+        req: &CniRequest,
+    ) -> Result<Option<crate::cni::spec::CniResult>, CniError> {
         let started = std::time::Instant::now();
         let out = match req.command {
             Command::Add => self.pods.add(req).await.map(Some),
@@ -128,7 +131,10 @@ impl<N: Netlink> Shared<N> {
             Some(e) => lines.push(line(
                 "Cluster",
                 "Warning",
-                format!("last reload rejected, running generation {}: {e}", c.generation),
+                format!(
+                    "last reload rejected, running generation {}: {e}",
+                    c.generation
+                ),
             )),
         }
         lines.push(line(
@@ -137,8 +143,14 @@ impl<N: Netlink> Shared<N> {
             format!(
                 "{} podCIDR {} InternalIP {}",
                 v.local.name,
-                v.local.pod_cidr.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                v.local.internal_ip.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+                v.local
+                    .pod_cidr
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                v.local
+                    .internal_ip
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "-".into())
             ),
         ));
         let ipam = self.pods.ipam();
@@ -162,7 +174,11 @@ impl<N: Netlink> Shared<N> {
         let cfg = self.pods.config();
         lines.push(line(
             "Host port",
-            if self.pods.ports().is_attached(crate::dataplane::ports::HOST_PORT) {
+            if self
+                .pods
+                .ports()
+                .is_attached(crate::dataplane::ports::HOST_PORT)
+            {
                 "Ok"
             } else {
                 "Error"
@@ -185,9 +201,14 @@ impl<N: Netlink> Shared<N> {
         lines.push(line(
             "Datapath",
             "Disabled",
-            "core Datapath not linked into this build: pods are wired but frames are not forwarded".into(),
+            "core Datapath not linked into this build: pods are wired but frames are not forwarded"
+                .into(),
         ));
-        lines.push(line("API", "Ok", format!("{} (mode 0600)", self.socket.display())));
+        lines.push(line(
+            "API",
+            "Ok",
+            format!("{} (mode 0600)", self.socket.display()),
+        ));
         lines
     }
 
@@ -200,7 +221,11 @@ impl<N: Netlink> Shared<N> {
             let local = n.name == v.local.name;
             rows.push(RouteRow {
                 destination: IpNet::V4(cidr),
-                kind: if local { "local".into() } else { "vxlan".into() },
+                kind: if local {
+                    "local".into()
+                } else {
+                    "vxlan".into()
+                },
                 node: n.name.clone(),
                 via: if local {
                     None

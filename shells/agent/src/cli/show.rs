@@ -26,7 +26,11 @@ pub fn status(args: &ViewArgs) -> Result<()> {
         bail!("unexpected response")
     };
     print(render(args.output, &lines, |lines| {
-        let w = lines.iter().map(|l| l.subsystem.len() + 1).max().unwrap_or(0);
+        let w = lines
+            .iter()
+            .map(|l| l.subsystem.len() + 1)
+            .max()
+            .unwrap_or(0);
         let sw = lines.iter().map(|l| l.state.len()).max().unwrap_or(0);
         lines
             .iter()
@@ -49,7 +53,17 @@ pub fn pods(args: &ViewArgs) -> Result<()> {
     };
     print(render(args.output, &rows, |rows| {
         table(
-            &["NAMESPACE", "NAME", "IP", "MAC", "PORT", "IFNAME", "STATE", "CONTAINER", "LABELS"],
+            &[
+                "NAMESPACE",
+                "NAME",
+                "IP",
+                "MAC",
+                "PORT",
+                "IFNAME",
+                "STATE",
+                "CONTAINER",
+                "LABELS",
+            ],
             &rows
                 .iter()
                 .map(|r| {
@@ -106,7 +120,9 @@ pub fn ipam(args: &ViewArgs) -> Result<()> {
         let mut s = format!(
             "CIDR {}  gateway {}  {}/{} allocated\n\n",
             r.cidr.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
-            r.gateway.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            r.gateway
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
             r.allocated,
             r.capacity
         );

@@ -91,7 +91,10 @@ impl CniEnv {
         if !missing.is_empty() {
             return Err(invalid(
                 &missing,
-                &format!("required environment variables missing: {}", missing.join(", ")),
+                &format!(
+                    "required environment variables missing: {}",
+                    missing.join(", ")
+                ),
             ));
         }
         if let Some(id) = &container_id {
@@ -104,7 +107,10 @@ impl CniEnv {
         }
         if let Some(name) = &ifname {
             if !valid_ifname(name) {
-                return Err(invalid(&["CNI_IFNAME"], &format!("invalid CNI_IFNAME {name:?}")));
+                return Err(invalid(
+                    &["CNI_IFNAME"],
+                    &format!("invalid CNI_IFNAME {name:?}"),
+                ));
             }
         }
         let args = match get("CNI_ARGS") {
@@ -221,7 +227,13 @@ mod tests {
         let del: Vec<_> = ADD
             .iter()
             .copied()
-            .map(|(k, v)| if k == "CNI_COMMAND" { (k, "DEL") } else { (k, v) })
+            .map(|(k, v)| {
+                if k == "CNI_COMMAND" {
+                    (k, "DEL")
+                } else {
+                    (k, v)
+                }
+            })
             .filter(|(k, _)| *k != "CNI_NETNS")
             .collect();
         assert!(env(&del).unwrap().netns.is_none());

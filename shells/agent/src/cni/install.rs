@@ -51,7 +51,12 @@ pub struct Installed {
 }
 
 /// Writes the conflist into `conf_dir` and copies `plugin_binary` into `bin_dir`.
-pub fn install(conf_dir: &Path, bin_dir: &Path, socket: &Path, plugin_binary: &Path) -> Result<Installed> {
+pub fn install(
+    conf_dir: &Path,
+    bin_dir: &Path,
+    socket: &Path,
+    plugin_binary: &Path,
+) -> Result<Installed> {
     fs::create_dir_all(conf_dir).with_context(|| format!("creating {}", conf_dir.display()))?;
     fs::create_dir_all(bin_dir).with_context(|| format!("creating {}", bin_dir.display()))?;
     let conf_path = conf_dir.join(CONFLIST_NAME);
@@ -97,7 +102,13 @@ mod tests {
         let src = dir.join("src-plugin");
         fs::create_dir_all(&dir).unwrap();
         fs::write(&src, b"#!/bin/true\n").unwrap();
-        let out = install(&dir.join("net.d"), &dir.join("bin"), Path::new("/run/x.sock"), &src).unwrap();
+        let out = install(
+            &dir.join("net.d"),
+            &dir.join("bin"),
+            Path::new("/run/x.sock"),
+            &src,
+        )
+        .unwrap();
         let list: Value = serde_json::from_slice(&fs::read(&out.conflist).unwrap()).unwrap();
         assert_eq!(list["name"], "podwire");
         let conf = plugin_config(&list).unwrap();

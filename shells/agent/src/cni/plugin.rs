@@ -43,7 +43,9 @@ pub fn run(
         .ok()
         .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string))
         .filter(|v| Version::parse(v).is_some_and(Version::is_supported));
-    let answer_version = conf_version.clone().unwrap_or_else(|| LATEST_VERSION.into());
+    let answer_version = conf_version
+        .clone()
+        .unwrap_or_else(|| LATEST_VERSION.into());
     match run_inner(stdin, env, agent) {
         Ok(None) => Outcome {
             exit_code: 0,
@@ -114,16 +116,19 @@ fn run_inner(
         container_id: env.container_id.clone(),
         netns: env.netns.clone(),
         ifname: env.ifname.clone(),
-        pod: env.pod().map(|(namespace, name)| PodRef { namespace, name }),
+        pod: env
+            .pod()
+            .map(|(namespace, name)| PodRef { namespace, name }),
         prev_addresses,
         valid_attachments,
     });
     let socket = PathBuf::from(conf.socket.as_deref().unwrap_or(DEFAULT_SOCKET));
     let response = agent(&socket, &request).map_err(|e| match (&e, env.command) {
-        (ClientError::Unreachable { .. }, Command::Status) => {
-            CniError::new(ErrorCode::PluginNotAvailable, "podwire agent is not running")
-                .with_details(e.to_string())
-        }
+        (ClientError::Unreachable { .. }, Command::Status) => CniError::new(
+            ErrorCode::PluginNotAvailable,
+            "podwire agent is not running",
+        )
+        .with_details(e.to_string()),
         (ClientError::Unreachable { .. }, _) => {
             CniError::new(ErrorCode::TryAgainLater, "podwire agent is not reachable")
                 .with_details(e.to_string())
@@ -183,7 +188,8 @@ mod tests {
     use super::*;
     use crate::cni::spec::{Interface, IpConfig};
 
-    const CONF: &str = r#"{"cniVersion":"1.1.0","name":"podwire","type":"podwire","socket":"/tmp/x.sock"}"#;
+    const CONF: &str =
+        r#"{"cniVersion":"1.1.0","name":"podwire","type":"podwire","socket":"/tmp/x.sock"}"#;
 
     fn env_of(cmd: &'static str) -> impl Fn(&str) -> Option<String> {
         move |k| {
@@ -278,7 +284,11 @@ mod tests {
         };
         let o = run(b"{oops", env_of("ADD"), never);
         assert_eq!((o.exit_code, json_of(&o)["code"].clone()), (1, json!(6)));
-        let o = run(br#"{"cniVersion":"1.1.0","type":"podwire"}"#, env_of("ADD"), never);
+        let o = run(
+            br#"{"cniVersion":"1.1.0","type":"podwire"}"#,
+            env_of("ADD"),
+            never,
+        );
         assert_eq!(json_of(&o)["code"], 7);
         let o = run(
             br#"{"cniVersion":"0.2.0","name":"podwire","type":"podwire"}"#,
@@ -308,8 +318,16 @@ mod tests {
             )))
         });
         assert_eq!(json_of(&o)["code"], 101);
-        let o = run(CONF.as_bytes(), env_of("DEL"), |_, _| Ok(Response::Cni(None)));
-        assert_eq!(o, Outcome { exit_code: 0, stdout: String::new() });
+        let o = run(CONF.as_bytes(), env_of("DEL"), |_, _| {
+            Ok(Response::Cni(None))
+        });
+        assert_eq!(
+            o,
+            Outcome {
+                exit_code: 0,
+                stdout: String::new()
+            }
+        );
     }
 
     #[test]

@@ -251,8 +251,11 @@ impl NetConf {
             ));
         }
         let conf: NetConf = serde_json::from_value(value).map_err(|e| {
-            CniError::new(ErrorCode::InvalidNetworkConfig, "invalid network configuration")
-                .with_details(e.to_string())
+            CniError::new(
+                ErrorCode::InvalidNetworkConfig,
+                "invalid network configuration",
+            )
+            .with_details(e.to_string())
         })?;
         let version = conf.version()?;
         let _ = version;
@@ -371,7 +374,11 @@ impl CniResult {
             .map(|ip| {
                 let mut m = Map::new();
                 if version < Version(1, 0, 0) {
-                    let v = if ip.address.addr().is_ipv4() { "4" } else { "6" };
+                    let v = if ip.address.addr().is_ipv4() {
+                        "4"
+                    } else {
+                        "6"
+                    };
                     m.insert("version".into(), json!(v));
                 }
                 m.insert("address".into(), json!(ip.address.to_string()));
@@ -455,7 +462,10 @@ mod tests {
 
     #[test]
     fn malformed_json_is_a_decoding_failure() {
-        assert_eq!(conf("{not json").unwrap_err().code, ErrorCode::DecodingFailure);
+        assert_eq!(
+            conf("{not json").unwrap_err().code,
+            ErrorCode::DecodingFailure
+        );
         assert_eq!(conf("[1,2]").unwrap_err().code, ErrorCode::DecodingFailure);
     }
 

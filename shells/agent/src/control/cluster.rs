@@ -268,7 +268,10 @@ metadata: {name: web, namespace: prod, labels: {app: web}}
         assert_eq!(e.object, "Node/n3");
         let bad = TWO_NODES.replace("10.244.2.0/24", "10.244.2.0/33");
         let e = ClusterView::build(&objects(&bad), "n1").unwrap_err();
-        assert_eq!((e.object.as_str(), e.field.as_str()), ("Node/n2", "spec.podCIDRs[0]"));
+        assert_eq!(
+            (e.object.as_str(), e.field.as_str()),
+            ("Node/n2", "spec.podCIDRs[0]")
+        );
         let overlap = TWO_NODES.replace("10.244.2.0/24", "10.244.1.128/25");
         let e = ClusterView::build(&objects(&overlap), "n1").unwrap_err();
         assert!(e.message.contains("overlaps"), "{e}");
@@ -278,6 +281,8 @@ metadata: {name: web, namespace: prod, labels: {app: web}}
         let bad_ip = TWO_NODES.replace("192.168.50.12", "not-an-ip");
         let e = ClusterView::build(&objects(&bad_ip), "n1").unwrap_err();
         assert_eq!(e.field, "status.addresses[0].address");
-        assert!(e.to_string().contains("Node/n2: status.addresses[0].address: invalid"));
+        assert!(e
+            .to_string()
+            .contains("Node/n2: status.addresses[0].address: invalid"));
     }
 }

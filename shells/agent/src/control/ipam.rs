@@ -392,7 +392,12 @@ mod tests {
         assert!(ipam.detach(&key("a")).unwrap().is_none());
         assert_eq!(ipam.allocated(), 0);
         drop(ipam);
-        assert_eq!(NodeIpam::open(&d.0, CIDR.parse().unwrap()).unwrap().allocated(), 0);
+        assert_eq!(
+            NodeIpam::open(&d.0, CIDR.parse().unwrap())
+                .unwrap()
+                .allocated(),
+            0
+        );
     }
 
     #[test]
@@ -443,7 +448,10 @@ mod tests {
 
     #[test]
     fn hex_roundtrips() {
-        assert_eq!(unhex(&hex(&[0, 1, 0xab, 0xff])).unwrap(), vec![0, 1, 0xab, 0xff]);
+        assert_eq!(
+            unhex(&hex(&[0, 1, 0xab, 0xff])).unwrap(),
+            vec![0, 1, 0xab, 0xff]
+        );
         assert!(unhex("abc").is_none());
         assert!(unhex("zz").is_none());
     }

@@ -48,7 +48,11 @@ pub fn load(path: &Path) -> Result<ClusterObjects, ClusterError> {
 }
 
 /// Adds the objects of one file's text.
-pub fn load_text(origin: &str, text: &str, objects: &mut ClusterObjects) -> Result<(), ClusterError> {
+pub fn load_text(
+    origin: &str,
+    text: &str,
+    objects: &mut ClusterObjects,
+) -> Result<(), ClusterError> {
     let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| ClusterError {
         object: origin.to_string(),
         field: String::new(),
@@ -127,7 +131,10 @@ mod tests {
             &mut o,
         )
         .unwrap();
-        assert_eq!((o.nodes.len(), o.pods.len(), o.namespaces.len(), o.other), (1, 1, 1, 1));
+        assert_eq!(
+            (o.nodes.len(), o.pods.len(), o.namespaces.len(), o.other),
+            (1, 1, 1, 1)
+        );
     }
 
     #[test]

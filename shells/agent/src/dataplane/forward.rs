@@ -40,7 +40,12 @@ pub trait Egress {
     /// Writes an Ethernet frame to local port `port`.
     fn to_port(&mut self, port: PortId, frame: &[u8]) -> io::Result<()>;
     /// Sends a VXLAN payload to `remote` from UDP source port `source_port`.
-    fn to_underlay(&mut self, remote: SocketAddr, source_port: u16, payload: &[u8]) -> io::Result<()>;
+    fn to_underlay(
+        &mut self,
+        remote: SocketAddr,
+        source_port: u16,
+        payload: &[u8],
+    ) -> io::Result<()>;
 }
 
 /// What happened to a frame.
@@ -84,7 +89,13 @@ pub fn forward_one<F: Forwarder, E: Egress>(
         Action::Reply { frame } => match (bytes(frame), ingress) {
             (None, _) => Ok(Outcome::BadSpan(action)),
             (Some(b), Ingress::Port(p)) => egress.to_port(p, b).map(|_| Outcome::Sent(action)),
-            (Some(b), Ingress::Underlay { source, source_port }) => egress
+            (
+                Some(b),
+                Ingress::Underlay {
+                    source,
+                    source_port,
+                },
+            ) => egress
                 .to_underlay(SocketAddr::new(source, source_port), 0, b)
                 .map(|_| Outcome::Sent(action)),
         },
@@ -97,7 +108,10 @@ pub fn forward_one<F: Forwarder, E: Egress>(
 /// settings should never produce.
 pub fn read_frame(queue: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<Span>> {
     let Some(dst) = buf.get_mut(HEADROOM - VNET_HDR_LEN..) else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "buffer too small"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "buffer too small",
+        ));
     };
     // SAFETY: `dst` is a valid, writable slice for its whole length.
     let n = unsafe { libc::read(queue.as_raw_fd(), dst.as_mut_ptr().cast(), dst.len()) };
@@ -176,7 +190,10 @@ mod tests {
         let span = |start, len| Span { start, len };
         let remote = "192.168.50.12".parse().unwrap();
         let mut fwd = Script(vec![
-            Action::Deliver { port: PortId(3), frame: span(128, 4) },
+            Action::Deliver {
+                port: PortId(3),
+                frame: span(128, 4),
+            },
             Action::Encap(Encapsulated {
                 node: NodeId(1),
                 remote,
@@ -185,10 +202,18 @@ mod tests {
                 outer_frame: span(78, 60),
                 udp_payload: span(120, 8),
             }),
-            Action::Reply { frame: span(128, 2) },
+            Action::Reply {
+                frame: span(128, 2),
+            },
             Action::Drop(DropReason::NoRoute),
-            Action::Deliver { port: PortId(1), frame: span(250, 10) },
-            Action::Deliver { port: PortId(1), frame: span(usize::MAX, 10) },
+            Action::Deliver {
+                port: PortId(1),
+                frame: span(250, 10),
+            },
+            Action::Deliver {
+                port: PortId(1),
+                frame: span(usize::MAX, 10),
+            },
         ]);
         let mut sink = Sink::default();
         let now = Instant::from_millis(0);
@@ -224,7 +249,10 @@ mod tests {
         netns::run_in_new_netns(|| {
             let tap = Tap::create("pwfwd0", TapOptions::default())?;
             let ip = |args: &[&str]| {
-                let ok = std::process::Command::new("ip").args(args).status()?.success();
+                let ok = std::process::Command::new("ip")
+                    .args(args)
+                    .status()?
+                    .success();
                 assert!(ok, "ip {args:?}");
                 io::Result::Ok(())
             };

@@ -130,7 +130,8 @@ pub trait Netlink: Send + Sync + 'static {
     ) -> impl Future<Output = NlResult<Tap>> + Send;
 
     /// The state of link `name` in `ns`, or `None` if there is no such link.
-    fn link(&self, ns: &Ns, name: &str) -> impl Future<Output = NlResult<Option<LinkState>>> + Send;
+    fn link(&self, ns: &Ns, name: &str)
+        -> impl Future<Output = NlResult<Option<LinkState>>> + Send;
 
     /// Applies `change` to link `name` in `ns`.
     fn set_link(
@@ -159,7 +160,11 @@ pub trait Netlink: Send + Sync + 'static {
 
     /// Removes the route to `destination` from the main table of `ns`; `Ok(false)` if
     /// there was none.
-    fn delete_route(&self, ns: &Ns, destination: IpNet) -> impl Future<Output = NlResult<bool>> + Send;
+    fn delete_route(
+        &self,
+        ns: &Ns,
+        destination: IpNet,
+    ) -> impl Future<Output = NlResult<bool>> + Send;
 
     /// Every link of `ns` with its state.
     fn links(&self, ns: &Ns) -> impl Future<Output = NlResult<Vec<(String, LinkState)>>> + Send;

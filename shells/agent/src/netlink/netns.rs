@@ -74,11 +74,13 @@ mod tests {
             return;
         }
         let ours = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
-        let theirs =
-            run_in_new_netns(|| std::fs::read_link("/proc/thread-self/ns/net")).unwrap();
+        let theirs = run_in_new_netns(|| std::fs::read_link("/proc/thread-self/ns/net")).unwrap();
         assert_ne!(ours, theirs);
         // Our own thread did not move.
-        assert_eq!(std::fs::read_link("/proc/thread-self/ns/net").unwrap(), ours);
+        assert_eq!(
+            std::fs::read_link("/proc/thread-self/ns/net").unwrap(),
+            ours
+        );
     }
 
     #[test]

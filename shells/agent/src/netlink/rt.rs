@@ -89,7 +89,12 @@ impl RtNetlink {
         }
     }
 
-    async fn link_message(h: &Handle, op: &'static str, ns: &Ns, name: &str) -> NlResult<Option<LinkMessage>> {
+    async fn link_message(
+        h: &Handle,
+        op: &'static str,
+        ns: &Ns,
+        name: &str,
+    ) -> NlResult<Option<LinkMessage>> {
         let mut s = h.link().get().match_name(name.to_string()).execute();
         match s.try_next().await {
             Ok(m) => Ok(m),
@@ -229,7 +234,11 @@ impl Netlink for RtNetlink {
         let h = self.handle("replace_route", ns).await?;
         let index = Self::index(&h, "replace_route", ns, &route.device).await?;
         let IpNet::V4(dst) = route.destination else {
-            return Err(failed("replace_route", route.destination.to_string(), "IPv6 routes are not supported yet"));
+            return Err(failed(
+                "replace_route",
+                route.destination.to_string(),
+                "IPv6 routes are not supported yet",
+            ));
         };
         let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst.addr(), dst.prefix_len())
@@ -237,7 +246,11 @@ impl Netlink for RtNetlink {
         match route.gateway {
             Some(IpAddr::V4(gw)) => b = b.gateway(gw),
             Some(IpAddr::V6(_)) => {
-                return Err(failed("replace_route", route.destination.to_string(), "IPv6 gateway"))
+                return Err(failed(
+                    "replace_route",
+                    route.destination.to_string(),
+                    "IPv6 gateway",
+                ))
             }
             None => b = b.scope(RouteScope::Link),
         }
@@ -246,7 +259,13 @@ impl Netlink for RtNetlink {
             .replace()
             .execute()
             .await
-            .map_err(|e| map_err("replace_route", format!("{} dev {} in {ns}", route.destination, route.device), e))
+            .map_err(|e| {
+                map_err(
+                    "replace_route",
+                    format!("{} dev {} in {ns}", route.destination, route.device),
+                    e,
+                )
+            })
     }
 
     async fn routes(&self, ns: &Ns) -> NlResult<Vec<Route>> {

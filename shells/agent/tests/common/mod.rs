@@ -182,8 +182,31 @@ impl Cluster {
         let node_ns = ns.create("node");
         std::fs::write(dir.0.join("cluster.yaml"), manifests("10.244.2.0/24")).unwrap();
         // Underlay: a dummy device holding the InternalIP inside the node netns.
-        sh(&["ip", "-n", &node_ns, "link", "add", "underlay0", "mtu", "1500", "type", "veth", "peer", "name", "underlay1"]);
-        sh(&["ip", "-n", &node_ns, "addr", "add", "192.168.99.1/24", "dev", "underlay0"]);
+        sh(&[
+            "ip",
+            "-n",
+            &node_ns,
+            "link",
+            "add",
+            "underlay0",
+            "mtu",
+            "1500",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "underlay1",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &node_ns,
+            "addr",
+            "add",
+            "192.168.99.1/24",
+            "dev",
+            "underlay0",
+        ]);
         sh(&["ip", "-n", &node_ns, "link", "set", "underlay0", "up"]);
         sh(&["ip", "-n", &node_ns, "link", "set", "lo", "up"]);
         let conf_dir = dir.0.join("net.d");
@@ -200,10 +223,9 @@ impl Cluster {
             "--plugin-binary",
             PODWIRE_CNI,
         ]);
-        let conflist: Value = serde_json::from_slice(
-            &std::fs::read(conf_dir.join("10-podwire.conflist")).unwrap(),
-        )
-        .unwrap();
+        let conflist: Value =
+            serde_json::from_slice(&std::fs::read(conf_dir.join("10-podwire.conflist")).unwrap())
+                .unwrap();
         let mut c = Cluster {
             ns,
             dir,
@@ -251,7 +273,11 @@ impl Cluster {
             if let Some(st) = self.agent.as_mut().unwrap().try_wait().unwrap() {
                 panic!("agent exited ({st}): {}", self.agent_log());
             }
-            assert!(Instant::now() < deadline, "agent did not start: {}", self.agent_log());
+            assert!(
+                Instant::now() < deadline,
+                "agent did not start: {}",
+                self.agent_log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -297,7 +323,13 @@ impl Cluster {
     }
 
     /// Runs the installed plugin as a runtime does.
-    pub fn cni(&self, command: &str, container: &str, netns: Option<&str>, stdin: &str) -> CniOutput {
+    pub fn cni(
+        &self,
+        command: &str,
+        container: &str,
+        netns: Option<&str>,
+        stdin: &str,
+    ) -> CniOutput {
         let mut env = vec![
             ("CNI_COMMAND", command.to_string()),
             ("CNI_CONTAINERID", container.to_string()),
@@ -318,7 +350,13 @@ impl Cluster {
     pub fn add_pod(&self, container: &str) -> (String, CniOutput) {
         let netns = self.ns.create("pod");
         let out = self.cni("ADD", container, Some(&netns), &self.net_conf().to_string());
-        assert_eq!(out.code, 0, "ADD failed: {} / {}", out.stdout, self.agent_log());
+        assert_eq!(
+            out.code,
+            0,
+            "ADD failed: {} / {}",
+            out.stdout,
+            self.agent_log()
+        );
         (netns, out)
     }
 
@@ -346,7 +384,12 @@ pub fn run_plugin(binary: &Path, env: &[(&str, String)], stdin: &str) -> CniOutp
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     CniOutput {
         code: out.status.code().unwrap_or(-1),
@@ -362,7 +405,10 @@ pub fn ip_json(netns: &str, args: &[&str]) -> Value {
 }
 
 /// Runs `f` on a thread inside netns `name` (sockets it creates live there).
-pub fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+pub fn in_netns<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
     let path = netns_path(name);
     std::thread::spawn(move || {
         let ns = File::open(&path).unwrap();
@@ -435,7 +481,17 @@ pub fn udp_ask(netns: &str, to: SocketAddr) -> std::io::Result<String> {
 /// Whether `ping -c1` from `netns` to `to` succeeds.
 pub fn ping(netns: &str, to: Ipv4Addr) -> bool {
     Command::new("ip")
-        .args(["netns", "exec", netns, "ping", "-c", "1", "-W", "2", &to.to_string()])
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            &to.to_string(),
+        ])
         .stdout(Stdio::null())
         .status()
         .map(|s| s.success())
