@@ -23,6 +23,10 @@ pub mod datapath;
 pub mod flow;
 pub mod ids;
 pub mod ipam;
+pub mod maglev;
+pub mod route;
+pub mod service;
+pub mod vxlan;
 pub mod wire;
 
 pub use smoltcp::time::{Duration, Instant};

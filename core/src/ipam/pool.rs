@@ -285,7 +285,9 @@ impl<F: AddressFamily, const BLOCKS: usize> ClusterPool<F, BLOCKS> {
             self.cluster.prefix_len(),
             self.block_prefix,
         ])?;
-        w.put(&(len as u32).to_be_bytes())?;
+        let declared =
+            u32::try_from(len).map_err(|_| SnapshotError::BadLength { declared: len })?;
+        w.put(&declared.to_be_bytes())?;
         w.put_addr_bits(F::to_bits(self.cluster.network()), F::ADDR_LEN)?;
         w.put(&self.claimed.to_be_bytes())?;
         for (index, owner) in self.owners.iter().enumerate() {

@@ -64,7 +64,8 @@ pub enum SnapshotError {
         /// The flags byte found.
         found: u8,
     },
-    /// The declared length is shorter than an empty snapshot.
+    /// `from_bytes`: the declared length is shorter than an empty snapshot;
+    /// `to_bytes`: the snapshot would not fit the 32-bit length field.
     BadLength {
         /// The declared length.
         declared: usize,

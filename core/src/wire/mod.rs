@@ -12,3 +12,9 @@ pub use smoltcp::wire::{
     EthernetRepr, Icmpv4Message, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Address, Ipv4Cidr,
     Ipv4Packet, Ipv4Repr, Ipv6Address, Ipv6Packet, TcpPacket, UdpPacket,
 };
+
+pub mod vxlan;
+pub use self::vxlan::{
+    Error as VxlanError, Packet as VxlanPacket, Repr as VxlanRepr, Vni,
+    HEADER_LEN as VXLAN_HEADER_LEN,
+};
