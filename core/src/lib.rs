@@ -24,6 +24,7 @@ pub mod flow;
 pub mod ids;
 pub mod ipam;
 pub mod maglev;
+pub mod policy;
 pub mod route;
 pub mod service;
 pub mod vxlan;

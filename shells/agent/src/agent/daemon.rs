@@ -23,9 +23,9 @@ use tokio::sync::Mutex;
 use crate::agent::pods::{Pods, WiringConfig};
 use crate::agent::state::{ClusterState, Shared};
 use crate::api::{Request, Response};
-use crate::control::cluster::{ClusterError, ClusterView};
 use crate::control::ipam::NodeIpam;
-use crate::control::loader;
+use crate::control::manifests;
+use crate::control::node_view::{self, ClusterError, ClusterView};
 use crate::dataplane::tap::TapOptions;
 use crate::netlink::rt::RtNetlink;
 use crate::netlink::{Netlink, Ns};
@@ -55,21 +55,22 @@ pub struct AgentConfig {
 /// A fingerprint of the manifests: file names and contents.
 fn fingerprint(path: &Path) -> Result<Vec<u8>, ClusterError> {
     let mut out = Vec::new();
-    for f in loader::manifest_files(path)? {
+    let files = manifests::manifest_files(path)
+        .map_err(|e| ClusterError::whole(path.display().to_string(), e.to_string()))?;
+    for f in files {
         out.extend_from_slice(f.display().to_string().as_bytes());
         out.push(0);
-        out.extend_from_slice(&std::fs::read(&f).map_err(|e| ClusterError {
-            object: f.display().to_string(),
-            field: String::new(),
-            message: e.to_string(),
-        })?);
+        out.extend_from_slice(
+            &std::fs::read(&f)
+                .map_err(|e| ClusterError::whole(f.display().to_string(), e.to_string()))?,
+        );
         out.push(0);
     }
     Ok(out)
 }
 
 fn load_view(path: &Path, node: &str) -> Result<ClusterView, ClusterError> {
-    ClusterView::build(&loader::load(path)?, node)
+    node_view::load(path, node)
 }
 
 fn remote_cidrs(view: &ClusterView) -> Vec<Ipv4Net> {

@@ -28,8 +28,8 @@ use podwire_core::ids::PortId;
 
 use crate::api::{CniRequest, IpamAllocation, IpamReport, PodRow};
 use crate::cni::spec::{CniError, CniResult, Dns, ErrorCode, Interface, IpConfig, RouteConfig};
-use crate::control::cluster::ClusterView;
 use crate::control::ipam::{mac_for, Attachment, AttachmentKey, IpamError, NodeIpam};
+use crate::control::node_view::ClusterView;
 use crate::dataplane::ports::{Port, PortKind, Ports, HOST_PORT};
 use crate::dataplane::tap::TapOptions;
 use crate::netlink::{format_mac, LinkChange, Netlink, NetlinkError, Ns, Route};

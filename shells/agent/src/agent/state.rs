@@ -15,7 +15,7 @@ use crate::agent::pods::{Pods, HOST_TAP};
 use crate::api::{CniRequest, Request, Response, RouteRow, StatusLine};
 use crate::cni::env::Command;
 use crate::cni::spec::{CniError, ErrorCode};
-use crate::control::cluster::ClusterView;
+use crate::control::node_view::ClusterView;
 use crate::netlink::Netlink;
 
 /// The cluster state the agent runs on.

@@ -1,14 +1,19 @@
-//! The `podwire` command line: the agent itself, kubectl-style views that query the
-//! agent's socket, and `install-cni`.
+//! The `podwire` command line, in kubectl style: the agent itself, views that query
+//! the agent's socket, `install-cni`, and offline NetworkPolicy tools.
 //!
-//! Design note: the views fetch one typed response and render it as an aligned table
-//! (the default), JSON or YAML, so scripts get exactly the structure the API carries
-//! and people get `kubectl get`-style columns.
+//! Design note: `main.rs` only parses arguments; each subcommand lives in its own module
+//! and returns `anyhow::Result`, so every failure reaches the user as one message that
+//! names the problem (file, object, field, query), with a non-zero exit status. The
+//! views fetch one typed response and render it as an aligned table (the default),
+//! JSON or YAML, so scripts get exactly the structure the API carries and people get
+//! `kubectl get`-style columns.
 
 pub mod output;
+pub mod policy;
 pub mod show;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -86,6 +91,9 @@ pub struct AgentArgs {
 /// Commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// NetworkPolicy tools that work offline on manifests.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Run the node agent.
     Agent(AgentArgs),
     /// One line per subsystem.
@@ -125,21 +133,21 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-/// Runs the command line; returns the exit code.
-pub fn main() -> i32 {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Agent(a) => run_agent(a),
-        Command::Status(v) => show::status(&v),
-        Command::Pods(v) => show::pods(&v),
-        Command::Routes(v) => show::routes(&v),
-        Command::Ipam(v) => show::ipam(&v),
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Policy(cmd) => return policy::run(cmd),
+        Command::Agent(a) => run_agent(a)?,
+        Command::Status(v) => show::status(&v)?,
+        Command::Pods(v) => show::pods(&v)?,
+        Command::Routes(v) => show::routes(&v)?,
+        Command::Ipam(v) => show::ipam(&v)?,
         Command::InstallCni {
             conf_dir,
             bin_dir,
             socket,
             plugin_binary,
-        } => (|| {
+        } => {
             let plugin = match plugin_binary {
                 Some(p) => p,
                 None => crate::cni::install::default_plugin_binary()?,
@@ -147,16 +155,9 @@ pub fn main() -> i32 {
             let out = crate::cni::install::install(&conf_dir, &bin_dir, &socket, &plugin)?;
             println!("installed {}", out.conflist.display());
             println!("installed {}", out.plugin.display());
-            Ok(())
-        })(),
-    };
-    match result {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            1
         }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_agent(a: AgentArgs) -> anyhow::Result<()> {

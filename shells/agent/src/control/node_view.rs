@@ -1,32 +1,23 @@
 //! The node's view of the cluster: its own pod CIDR and address, the other nodes
 //! (for routes and VTEPs) and the pods' labels.
 //!
-//! Design note: the view is built from the typed Kubernetes objects in one pure,
-//! fallible step, so a reload either produces a complete new view or an error naming
-//! the object and field that was wrong — and the agent keeps running on the last good
+//! Design note: the view is built from the typed Kubernetes objects (loaded by
+//! [`super::manifests`], pods validated by [`super::cluster`]) in one pure, fallible
+//! step, so a reload either produces a complete new view or an error naming the
+//! object and field that was wrong — and the agent keeps running on the last good
 //! view. Only what the node needs is validated strictly (its own Node must have a
 //! podCIDR); a remote node without a podCIDR yet is listed without routes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 
+use super::cluster::ClusterState;
+use super::manifests::{self, Manifests};
 use crate::api::PodRef;
-
-/// The typed objects of a cluster-state source.
-#[derive(Debug, Clone, Default)]
-pub struct ClusterObjects {
-    /// Nodes.
-    pub nodes: Vec<Node>,
-    /// Pods.
-    pub pods: Vec<Pod>,
-    /// Namespaces.
-    pub namespaces: Vec<Namespace>,
-    /// Objects of kinds the agent does not use here.
-    pub other: usize,
-}
 
 /// An invalid cluster state: which object, which field, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,13 +32,20 @@ pub struct ClusterError {
 }
 
 impl ClusterError {
-    pub(crate) fn io(path: &std::path::Path, e: std::io::Error) -> ClusterError {
+    pub(crate) fn whole(object: String, message: String) -> ClusterError {
         ClusterError {
-            object: path.display().to_string(),
+            object,
             field: String::new(),
-            message: e.to_string(),
+            message,
         }
     }
+}
+
+/// Loads the manifests under `path` and builds the view of node `local`.
+pub fn load(path: &Path, local: &str) -> Result<ClusterView, ClusterError> {
+    let m = manifests::load(&[path.to_path_buf()])
+        .map_err(|e| ClusterError::whole(path.display().to_string(), e.to_string()))?;
+    ClusterView::build(&m, local)
 }
 
 /// One node.
@@ -142,7 +140,7 @@ fn node_info(node: &Node) -> Result<NodeInfo, ClusterError> {
 
 impl ClusterView {
     /// Builds the view of node `local` from `objects`.
-    pub fn build(objects: &ClusterObjects, local: &str) -> Result<ClusterView, ClusterError> {
+    pub fn build(objects: &Manifests, local: &str) -> Result<ClusterView, ClusterError> {
         let mut nodes = Vec::new();
         for n in &objects.nodes {
             let info = node_info(n)?;
@@ -185,26 +183,21 @@ impl ClusterView {
                 message: "missing: this node needs a pod CIDR".into(),
             });
         }
-        let mut pod_labels = HashMap::new();
-        for p in &objects.pods {
-            let name = p.metadata.name.clone().unwrap_or_default();
-            let namespace = p
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into());
-            if name.is_empty() {
-                return Err(ClusterError {
-                    object: format!("Pod/{namespace}/"),
-                    field: "metadata.name".into(),
-                    message: "missing".into(),
-                });
-            }
-            pod_labels.insert(
-                PodRef { namespace, name },
-                p.metadata.labels.clone().unwrap_or_default(),
-            );
-        }
+        let state = ClusterState::from_manifests(objects)
+            .map_err(|e| ClusterError::whole("pods".into(), e.to_string()))?;
+        let pod_labels = state
+            .pods
+            .iter()
+            .map(|p| {
+                (
+                    PodRef {
+                        namespace: p.namespace.clone(),
+                        name: p.name.clone(),
+                    },
+                    p.labels.clone(),
+                )
+            })
+            .collect::<HashMap<_, _>>();
         Ok(ClusterView {
             local: me,
             nodes,
@@ -222,12 +215,10 @@ impl ClusterView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::loader::load_text;
-
-    fn objects(yaml: &str) -> ClusterObjects {
-        let mut o = ClusterObjects::default();
-        load_text("t.yaml", yaml, &mut o).unwrap();
-        o
+    fn objects(yaml: &str) -> Manifests {
+        let mut m = Manifests::default();
+        m.extend(manifests::parse(yaml, Path::new("t.yaml")).unwrap());
+        m
     }
 
     const TWO_NODES: &str = "

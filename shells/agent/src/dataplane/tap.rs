@@ -272,7 +272,15 @@ mod tests {
             assert_eq!(again.queues().len(), 2);
             again.unpersist()?;
             drop(again);
-            // Not persistent any more: gone with its last queue.
+            // Not persistent any more: gone with its last queue. (A process forked
+            // concurrently by another test may hold the queue until it execs, so
+            // wait a bounded while.)
+            for _ in 0..200 {
+                if !exists("pwtest0") {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
             assert!(!exists("pwtest0"));
             assert!(Tap::attach("pwtest0", opts).is_err());
             Ok(())
