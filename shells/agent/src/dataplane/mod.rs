@@ -8,3 +8,4 @@
 pub mod forward;
 pub mod ports;
 pub mod tap;
+pub mod worker;
