@@ -6,15 +6,17 @@
 //!
 //! 1. the address is allocated and the attachment *recorded* first (one durable
 //!    write), so every device that may exist afterwards has an owner on disk;
-//! 2. the TAP is created in the node's netns under a temporary name derived from the
-//!    attachment (`pwp<hash>`), configured (MAC, MTU), moved into the pod's netns,
-//!    renamed to `CNI_IFNAME`, addressed, brought up, and given its default route;
+//! 2. the TAP is created *directly inside* the pod's netns under `CNI_IFNAME`, with
+//!    its MAC (derived from the pod IP) and MTU set in the same namespace excursion —
+//!    creating it in the node's netns and moving it would cost an RCU grace period
+//!    (~15 ms) per pod — then addressed, brought up and given its default route in
+//!    one netlink session;
 //! 3. the port is registered with the dataplane.
 //!
-//! A failure in step 2 rolls back everything (devices by their derivable names, then
-//! the allocation). DEL removes devices by name in both namespaces, makes the TAP
-//! non-persistent so it vanishes with its last queue even if the pod's netns path is
-//! already gone, and frees the address last. Re-adoption reopens the queues of every
+//! A failure in step 2 rolls back everything (the device, recognised by its MAC, then
+//! the allocation). DEL deletes the device (only if it carries the attachment's MAC),
+//! makes the TAP non-persistent so it vanishes with its last queue even if the pod's
+//! netns path is already gone, and frees the address last. Re-adoption reopens the queues of every
 //! recorded TAP inside its pod's netns; the pod never notices the restart beyond the
 //! carrier blip.
 
@@ -32,7 +34,9 @@ use crate::control::ipam::{mac_for, Attachment, AttachmentKey, IpamError, NodeIp
 use crate::control::node_view::ClusterView;
 use crate::dataplane::ports::{Port, PortKind, Ports, HOST_PORT};
 use crate::dataplane::tap::TapOptions;
-use crate::netlink::{format_mac, LinkChange, Netlink, NetlinkError, Ns, Route};
+use crate::netlink::{
+    format_mac, LinkChange, LinkSetup, Netlink, NetlinkError, Ns, Route, TapIdentity,
+};
 
 /// The name of the host port's TAP.
 pub const HOST_TAP: &str = "podwire0";
@@ -64,22 +68,6 @@ fn from_ipam(e: IpamError) -> CniError {
         IpamError::Exhausted(_) => CniError::new(ErrorCode::IpamExhausted, e.to_string()),
         other => internal(other),
     }
-}
-
-/// The temporary node-side name of an attachment's TAP: `pwp` + 8 hex digits of a
-/// FNV-1a hash of `container/ifname` (stable, so cleanup can derive it).
-pub fn temp_name(key: &AttachmentKey) -> String {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in key
-        .container_id
-        .bytes()
-        .chain(std::iter::once(b'/'))
-        .chain(key.ifname.bytes())
-    {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    format!("pwp{h:08x}")
 }
 
 fn key_of(req: &CniRequest) -> Result<AttachmentKey, CniError> {
@@ -137,7 +125,15 @@ impl<N: Netlink> Pods<N> {
                     .attach_tap(&Ns::Node, HOST_TAP, self.config.tap)
                     .await?
             }
-            None => self.nl.create_tap(HOST_TAP, self.config.tap).await?,
+            None => {
+                let identity = TapIdentity {
+                    mac,
+                    mtu: self.config.mtu,
+                };
+                self.nl
+                    .create_tap(&Ns::Node, HOST_TAP, identity, self.config.tap)
+                    .await?
+            }
         };
         self.nl
             .set_link(
@@ -338,65 +334,20 @@ impl<N: Netlink> Pods<N> {
         a: &Attachment,
         ns: &Ns,
     ) -> Result<crate::dataplane::tap::Tap, NetlinkError> {
-        let tmp = temp_name(&a.key);
-        let tap = match self.nl.create_tap(&tmp, self.config.tap).await {
-            Err(NetlinkError::Exists { .. }) => {
-                // A leftover of a crash mid-ADD: it is ours by its derived name.
-                self.nl.delete_link(&Ns::Node, &tmp).await?;
-                self.nl.create_tap(&tmp, self.config.tap).await?
-            }
-            other => other?,
+        let identity = TapIdentity {
+            mac: a.mac,
+            mtu: self.config.mtu,
         };
-        let configured = async {
-            self.nl
-                .set_link(
-                    &Ns::Node,
-                    &tmp,
-                    &LinkChange {
-                        mac: Some(a.mac),
-                        mtu: Some(self.config.mtu),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            self.nl.move_link(&tmp, ns).await?;
-            self.nl
-                .set_link(
-                    ns,
-                    &tmp,
-                    &LinkChange {
-                        rename: Some(a.key.ifname.clone()),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            let addr = Ipv4Net::new(a.ip, self.prefix().prefix_len()).unwrap_or(self.prefix());
-            self.nl
-                .add_address(ns, &a.key.ifname, IpNet::V4(addr))
-                .await?;
-            self.nl
-                .set_link(
-                    ns,
-                    &a.key.ifname,
-                    &LinkChange {
-                        up: Some(true),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            self.nl
-                .replace_route(
-                    ns,
-                    &Route {
-                        destination: "0.0.0.0/0".parse().unwrap_or(IpNet::V4(Ipv4Net::default())),
-                        gateway: Some(IpAddr::V4(self.ipam.gateway())),
-                        device: a.key.ifname.clone(),
-                    },
-                )
-                .await
-        }
-        .await;
-        match configured {
+        let tap = self
+            .nl
+            .create_tap(ns, &a.key.ifname, identity, self.config.tap)
+            .await?;
+        let addr = Ipv4Net::new(a.ip, self.prefix().prefix_len()).unwrap_or(self.prefix());
+        let setup = LinkSetup {
+            address: IpNet::V4(addr),
+            default_gateway: Some(IpAddr::V4(self.ipam.gateway())),
+        };
+        match self.nl.setup_link(ns, &a.key.ifname, &setup).await {
             Ok(()) => Ok(tap),
             Err(e) => {
                 let _ = tap.unpersist();
@@ -414,11 +365,8 @@ impl<N: Netlink> Pods<N> {
             }
             drop(tap);
         }
-        let tmp = temp_name(&a.key);
         let ns = Ns::Path(PathBuf::from(&a.netns));
-        let _ = self.nl.delete_link(&Ns::Node, &tmp).await;
         if self.nl.ns_exists(&ns) {
-            let _ = self.nl.delete_link(&ns, &tmp).await;
             // Only delete CNI_IFNAME if it is ours (our MAC).
             if let Ok(Some(l)) = self.nl.link(&ns, &a.key.ifname).await {
                 if l.mac == a.mac {
@@ -664,32 +612,28 @@ mod tests {
         assert_eq!(r.ips[0].gateway, Some("10.244.1.1".parse().unwrap()));
         assert_eq!(r.interfaces[0].mac, "0a:58:0a:f4:01:02");
         assert_eq!(r.interfaces[0].mtu, 1450);
-        let tmp = temp_name(&AttachmentKey {
-            container_id: "a".into(),
-            ifname: "eth0".into(),
-        });
         let ns = pod_ns("a");
         let calls = nl.calls();
-        let kinds: Vec<String> = calls
-            .iter()
-            .map(|c| format!("{c:?}").split('(').next().unwrap().to_string())
-            .collect();
         assert_eq!(
-            kinds,
-            [
-                "CreateTap",
-                "SetLink",
-                "MoveLink",
-                "SetLink",
-                "AddAddress",
-                "SetLink",
-                "ReplaceRoute"
+            calls,
+            vec![
+                Call::CreateTap(
+                    ns.clone(),
+                    "eth0".into(),
+                    TapIdentity {
+                        mac: [0x0a, 0x58, 10, 244, 1, 2],
+                        mtu: 1450
+                    }
+                ),
+                Call::SetupLink(
+                    ns.clone(),
+                    "eth0".into(),
+                    LinkSetup {
+                        address: "10.244.1.2/24".parse().unwrap(),
+                        default_gateway: Some("10.244.1.1".parse().unwrap()),
+                    }
+                ),
             ]
-        );
-        assert_eq!(calls[0], Call::CreateTap(tmp.clone()));
-        assert_eq!(calls[2], Call::MoveLink(tmp.clone(), ns.clone()));
-        assert!(
-            matches!(&calls[3], Call::SetLink(n, name, c) if *n == ns && *name == tmp && c.rename.as_deref() == Some("eth0"))
         );
         let links = nl.links_in(&ns);
         assert_eq!(links.len(), 1);
@@ -715,7 +659,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_step_rolls_everything_back() {
         let (_d, nl, mut pods) = setup("rollback");
-        nl.fail_on("AddAddress");
+        nl.fail_on("SetupLink");
         let e = pods.add(&req(Command::Add, "a")).await.unwrap_err();
         assert_eq!(e.code, ErrorCode::Internal);
         assert_eq!(pods.ipam().allocated(), 0);

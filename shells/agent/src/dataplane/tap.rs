@@ -229,6 +229,75 @@ impl Tap {
     }
 }
 
+#[repr(C)]
+struct IfReqHwaddr {
+    name: [u8; libc::IFNAMSIZ],
+    family: libc::sa_family_t,
+    data: [u8; 14],
+    _pad: [u8; 8],
+}
+
+#[repr(C)]
+struct IfReqMtu {
+    name: [u8; libc::IFNAMSIZ],
+    mtu: libc::c_int,
+    _pad: [u8; 20],
+}
+
+/// Sets the MAC address and/or MTU of device `name` in the calling thread's netns
+/// (`SIOCSIFHWADDR` / `SIOCSIFMTU`), so a TAP gets its identity in the same
+/// namespace excursion that created it.
+pub fn set_mac_mtu(name: &str, mac: Option<[u8; 6]>, mtu: Option<u32>) -> io::Result<()> {
+    let base = ifreq(name, 0)?;
+    // SAFETY: plain socket(2) call; the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh, valid descriptor nobody else owns.
+    let sock: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+    if let Some(mac) = mac {
+        let mut req = IfReqHwaddr {
+            name: base.name,
+            family: libc::ARPHRD_ETHER,
+            data: [0; 14],
+            _pad: [0; 8],
+        };
+        req.data[..6].copy_from_slice(&mac);
+        // SAFETY: SIOCSIFHWADDR reads a `struct ifreq` with a `sockaddr` union
+        // member, which `IfReqHwaddr` lays out; `req` outlives the call.
+        let rc = unsafe {
+            libc::ioctl(
+                sock.as_raw_fd(),
+                libc::SIOCSIFHWADDR as _,
+                &req as *const IfReqHwaddr,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    if let Some(mtu) = mtu {
+        let req = IfReqMtu {
+            name: base.name,
+            mtu: mtu as libc::c_int,
+            _pad: [0; 20],
+        };
+        // SAFETY: SIOCSIFMTU reads a `struct ifreq` with an int member.
+        let rc = unsafe {
+            libc::ioctl(
+                sock.as_raw_fd(),
+                libc::SIOCSIFMTU as _,
+                &req as *const IfReqMtu,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Whether a device `name` exists in the calling thread's netns.
 pub fn exists(name: &str) -> bool {
     let Ok(c) = std::ffi::CString::new(name) else {
@@ -263,6 +332,15 @@ mod tests {
             };
             let tap = Tap::create("pwtest0", opts)?;
             assert_eq!(tap.queues().len(), 2);
+            set_mac_mtu("pwtest0", Some([0x0a, 0x58, 1, 2, 3, 4]), Some(1400))?;
+            let mac = std::process::Command::new("ip")
+                .args(["-o", "link", "show", "pwtest0"])
+                .output()?;
+            let mac = String::from_utf8_lossy(&mac.stdout).to_string();
+            assert!(
+                mac.contains("0a:58:01:02:03:04") && mac.contains("mtu 1400"),
+                "{mac}"
+            );
             // A second create of the same name must fail: the device exists.
             assert!(Tap::create("pwtest0", opts).is_err());
             drop(tap);

@@ -11,20 +11,22 @@ use std::sync::Mutex;
 
 use ipnet::IpNet;
 
-use super::{LinkChange, LinkState, Netlink, NetlinkError, NlResult, Ns, Route};
+use super::{
+    LinkChange, LinkSetup, LinkState, Netlink, NetlinkError, NlResult, Ns, Route, TapIdentity,
+};
 use crate::dataplane::tap::{Tap, TapOptions};
 
 /// One recorded call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
-    /// `create_tap(name)`.
-    CreateTap(String),
+    /// `create_tap(ns, name, identity)`.
+    CreateTap(Ns, String, TapIdentity),
+    /// `setup_link(ns, name, setup)`.
+    SetupLink(Ns, String, LinkSetup),
     /// `attach_tap(ns, name)`.
     AttachTap(Ns, String),
     /// `set_link(ns, name, change)`.
     SetLink(Ns, String, LinkChange),
-    /// `move_link(name, to)`.
-    MoveLink(String, Ns),
     /// `add_address(ns, name, address)`.
     AddAddress(Ns, String, IpNet),
     /// `replace_route(ns, route)`.
@@ -146,9 +148,16 @@ impl Model {
 }
 
 impl Netlink for RecordingNetlink {
-    async fn create_tap(&self, name: &str, options: TapOptions) -> NlResult<Tap> {
-        let mut m = self.record(Call::CreateTap(name.into()))?;
-        let key = (Ns::Node, name.to_string());
+    async fn create_tap(
+        &self,
+        ns: &Ns,
+        name: &str,
+        identity: TapIdentity,
+        options: TapOptions,
+    ) -> NlResult<Tap> {
+        let mut m = self.record(Call::CreateTap(ns.clone(), name.into(), identity))?;
+        m.check_ns("create_tap", ns)?;
+        let key = (ns.clone(), name.to_string());
         if m.links.contains_key(&key) {
             return Err(NetlinkError::Exists {
                 op: "create_tap",
@@ -161,13 +170,39 @@ impl Netlink for RecordingNetlink {
             key,
             LinkState {
                 index,
-                mac: [0x02, 0, 0, 0, 0, index as u8],
-                mtu: 1500,
+                mac: identity.mac,
+                mtu: identity.mtu,
                 up: false,
                 addresses: vec![],
             },
         );
         Ok(Tap::detached(name, options))
+    }
+
+    async fn setup_link(&self, ns: &Ns, name: &str, setup: &LinkSetup) -> NlResult<()> {
+        let mut m = self.record(Call::SetupLink(ns.clone(), name.into(), setup.clone()))?;
+        m.check_ns("setup_link", ns)?;
+        let link = m
+            .links
+            .get_mut(&(ns.clone(), name.to_string()))
+            .ok_or_else(|| not_found("setup_link", ns, name))?;
+        if !link.addresses.contains(&setup.address) {
+            link.addresses.push(setup.address);
+        }
+        link.up = true;
+        if let Some(gw) = setup.default_gateway {
+            let dst: IpNet = "0.0.0.0/0".parse().expect("literal");
+            m.routes.retain(|(n, r)| !(n == ns && r.destination == dst));
+            m.routes.push((
+                ns.clone(),
+                Route {
+                    destination: dst,
+                    gateway: Some(gw),
+                    device: name.to_string(),
+                },
+            ));
+        }
+        Ok(())
     }
 
     async fn attach_tap(&self, ns: &Ns, name: &str, options: TapOptions) -> NlResult<Tap> {
@@ -214,17 +249,6 @@ impl Netlink for RecordingNetlink {
             }
         }
         m.links.insert(new_key, link);
-        Ok(())
-    }
-
-    async fn move_link(&self, name: &str, to: &Ns) -> NlResult<()> {
-        let mut m = self.record(Call::MoveLink(name.into(), to.clone()))?;
-        m.check_ns("move_link", to)?;
-        let link = m
-            .links
-            .remove(&(Ns::Node, name.to_string()))
-            .ok_or_else(|| not_found("move_link", &Ns::Node, name))?;
-        m.links.insert((to.clone(), name.to_string()), link);
         Ok(())
     }
 

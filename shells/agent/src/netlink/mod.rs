@@ -67,6 +67,24 @@ pub struct LinkChange {
     pub up: Option<bool>,
 }
 
+/// The identity a TAP gets when it is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TapIdentity {
+    /// Its MAC address.
+    pub mac: [u8; 6],
+    /// Its MTU.
+    pub mtu: u32,
+}
+
+/// Layer-3 configuration of a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkSetup {
+    /// The address to add (replacing an identical one).
+    pub address: IpNet,
+    /// The default route's next hop, if a default route is wanted.
+    pub default_gateway: Option<IpAddr>,
+}
+
 /// A route in the main table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -114,12 +132,25 @@ pub type NlResult<T> = Result<T, NetlinkError>;
 
 /// The kernel operations the agent needs.
 pub trait Netlink: Send + Sync + 'static {
-    /// Creates a persistent TAP `name` in the node's netns and opens its queues.
+    /// Creates a persistent TAP `name` directly in `ns` (no move between namespaces:
+    /// that costs an RCU grace period), sets its MAC and MTU in the same step, and
+    /// opens its queues.
     fn create_tap(
         &self,
+        ns: &Ns,
         name: &str,
+        identity: TapIdentity,
         options: TapOptions,
     ) -> impl Future<Output = NlResult<Tap>> + Send;
+
+    /// Gives link `name` in `ns` its address, brings it up and, with a gateway, adds
+    /// the default route — in one netlink session.
+    fn setup_link(
+        &self,
+        ns: &Ns,
+        name: &str,
+        setup: &LinkSetup,
+    ) -> impl Future<Output = NlResult<()>> + Send;
 
     /// Opens queues on the existing TAP `name` in `ns` (re-adoption after a restart).
     fn attach_tap(
@@ -140,9 +171,6 @@ pub trait Netlink: Send + Sync + 'static {
         name: &str,
         change: &LinkChange,
     ) -> impl Future<Output = NlResult<()>> + Send;
-
-    /// Moves link `name` from the node's netns into `to`.
-    fn move_link(&self, name: &str, to: &Ns) -> impl Future<Output = NlResult<()>> + Send;
 
     /// Adds `address` to link `name` in `ns` (replacing an identical one).
     fn add_address(

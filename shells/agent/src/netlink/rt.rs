@@ -8,9 +8,7 @@
 //! namespace), so caching those connections by path would be a correctness bug for a
 //! saving of well under a millisecond per ADD.
 
-use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
@@ -19,8 +17,11 @@ use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteScope, RouteType};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
-use super::{netns, LinkChange, LinkState, Netlink, NetlinkError, NlResult, Ns, Route};
-use crate::dataplane::tap::{Tap, TapOptions};
+use super::{
+    netns, LinkChange, LinkSetup, LinkState, Netlink, NetlinkError, NlResult, Ns, Route,
+    TapIdentity,
+};
+use crate::dataplane::tap::{self, Tap, TapOptions};
 
 /// rtnetlink-backed [`Netlink`]. Create it inside a tokio runtime.
 #[derive(Clone)]
@@ -117,12 +118,70 @@ impl RtNetlink {
 }
 
 impl Netlink for RtNetlink {
-    async fn create_tap(&self, name: &str, options: TapOptions) -> NlResult<Tap> {
+    async fn create_tap(
+        &self,
+        ns: &Ns,
+        name: &str,
+        identity: TapIdentity,
+        options: TapOptions,
+    ) -> NlResult<Tap> {
         let n = name.to_string();
-        tokio::task::spawn_blocking(move || Tap::create(&n, options))
+        let create = move || {
+            let t = Tap::create(&n, options)?;
+            if let Err(e) = tap::set_mac_mtu(&n, Some(identity.mac), Some(identity.mtu)) {
+                let _ = t.unpersist();
+                return Err(e);
+            }
+            Ok(t)
+        };
+        let ns2 = ns.clone();
+        tokio::task::spawn_blocking(move || match ns2 {
+            Ns::Node => create(),
+            Ns::Path(p) => netns::run_in(&p, create),
+        })
+        .await
+        .map_err(|e| failed("create_tap", name, e))?
+        .map_err(|e| map_io("create_tap", format!("tap {name} in {ns}"), e))
+    }
+
+    async fn setup_link(&self, ns: &Ns, name: &str, setup: &LinkSetup) -> NlResult<()> {
+        let h = self.handle("setup_link", ns).await?;
+        let index = Self::index(&h, "setup_link", ns, name).await?;
+        let what = || format!("{} on {name} in {ns}", setup.address);
+        h.address()
+            .add(index, setup.address.addr(), setup.address.prefix_len())
+            .replace()
+            .execute()
             .await
-            .map_err(|e| failed("create_tap", name, e))?
-            .map_err(|e| map_io("create_tap", format!("tap {name}"), e))
+            .map_err(|e| map_err("setup_link", what(), e))?;
+        h.link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| map_err("setup_link", what(), e))?;
+        if let Some(gw) = setup.default_gateway {
+            let IpAddr::V4(gw) = gw else {
+                return Err(failed("setup_link", what(), "IPv6 gateway"));
+            };
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+                .gateway(gw)
+                .output_interface(index)
+                .build();
+            h.route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| {
+                    map_err(
+                        "setup_link",
+                        format!("default via {gw} dev {name} in {ns}"),
+                        e,
+                    )
+                })?;
+        }
+        Ok(())
     }
 
     async fn attach_tap(&self, ns: &Ns, name: &str, options: TapOptions) -> NlResult<Tap> {
@@ -203,20 +262,6 @@ impl Netlink for RtNetlink {
             .execute()
             .await
             .map_err(|e| map_err("set_link", format!("link {name} in {ns}"), e))
-    }
-
-    async fn move_link(&self, name: &str, to: &Ns) -> NlResult<()> {
-        let Ns::Path(path) = to else {
-            return Ok(());
-        };
-        let index = Self::index(&self.node, "move_link", &Ns::Node, name).await?;
-        let file = File::open(path).map_err(|e| map_io("move_link", to.to_string(), e))?;
-        let msg = LinkUnspec::new_with_index(index)
-            .setns_by_fd(file.as_raw_fd())
-            .build();
-        let r = self.node.link().set(msg).execute().await;
-        drop(file);
-        r.map_err(|e| map_err("move_link", format!("link {name} to {to}"), e))
     }
 
     async fn add_address(&self, ns: &Ns, name: &str, address: IpNet) -> NlResult<()> {
