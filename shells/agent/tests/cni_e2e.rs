@@ -439,3 +439,37 @@ fn same_node_pod_to_pod_tcp_and_udp_see_the_real_source_ip() {
     );
     t.join().unwrap();
 }
+
+#[test]
+fn a_pod_missing_from_the_cluster_state_gets_networking_and_its_labels_later() {
+    if !can_run() {
+        return;
+    }
+    let c = Cluster::start();
+    let (netns, out) = c.add_pod("late");
+    assert_eq!(out.code, 0);
+    let row = |c: &Cluster| {
+        c.view_json("pods")
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "late")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(row(&c)["labels"], json!({}));
+    assert_eq!(row(&c)["ip"], out.ip().to_string());
+    let mut m = manifests("10.244.2.0/24");
+    m.push_str("---\napiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: default, labels: {tier: db}}\n");
+    std::fs::write(c.cluster_file(), m).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while row(&c)["labels"] != json!({"tier": "db"}) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "labels never attached: {}",
+            c.agent_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(eth0(&netns)["flags"].to_string().contains("LOWER_UP"));
+}

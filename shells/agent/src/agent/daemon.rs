@@ -25,7 +25,7 @@ use crate::agent::state::{ClusterState, Shared};
 use crate::api::{Request, Response};
 use crate::control::ipam::NodeIpam;
 use crate::control::manifests;
-use crate::control::node_view::{self, ClusterError, ClusterView};
+use crate::control::node_view::{self, ClusterView, ViewError};
 use crate::dataplane::tap::TapOptions;
 use crate::netlink::rt::RtNetlink;
 use crate::netlink::{Netlink, Ns};
@@ -53,23 +53,23 @@ pub struct AgentConfig {
 }
 
 /// A fingerprint of the manifests: file names and contents.
-fn fingerprint(path: &Path) -> Result<Vec<u8>, ClusterError> {
+fn fingerprint(path: &Path) -> Result<Vec<u8>, ViewError> {
     let mut out = Vec::new();
     let files = manifests::manifest_files(path)
-        .map_err(|e| ClusterError::whole(path.display().to_string(), e.to_string()))?;
+        .map_err(|e| ViewError::whole(path.display().to_string(), e.to_string()))?;
     for f in files {
         out.extend_from_slice(f.display().to_string().as_bytes());
         out.push(0);
         out.extend_from_slice(
             &std::fs::read(&f)
-                .map_err(|e| ClusterError::whole(f.display().to_string(), e.to_string()))?,
+                .map_err(|e| ViewError::whole(f.display().to_string(), e.to_string()))?,
         );
         out.push(0);
     }
     Ok(out)
 }
 
-fn load_view(path: &Path, node: &str) -> Result<ClusterView, ClusterError> {
+fn load_view(path: &Path, node: &str) -> Result<ClusterView, ViewError> {
     node_view::load(path, node)
 }
 
@@ -219,13 +219,8 @@ async fn reload_loop<N: Netlink>(
         tick.tick().await;
         let path = config.cluster.clone();
         let node = config.node.clone();
-        let loaded = tokio::task::spawn_blocking(move || {
-            let fp = fingerprint(&path)?;
-            Ok::<_, ClusterError>((fp.clone(), fp))
-        })
-        .await;
-        let fp = match loaded {
-            Ok(Ok((fp, _))) => fp,
+        let fp = match tokio::task::spawn_blocking(move || fingerprint(&path)).await {
+            Ok(Ok(fp)) => fp,
             Ok(Err(e)) => {
                 record_error(&shared, e.to_string()).await;
                 continue;

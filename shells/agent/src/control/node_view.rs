@@ -22,7 +22,7 @@ use crate::api::PodRef;
 /// An invalid cluster state: which object, which field, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{object}: {}{message}", if .field.is_empty() { String::new() } else { format!("{}: ", .field) })]
-pub struct ClusterError {
+pub struct ViewError {
     /// The object (`Kind/name (file)`) or file.
     pub object: String,
     /// The field path (`spec.podCIDR`), empty if not about one field.
@@ -31,9 +31,9 @@ pub struct ClusterError {
     pub message: String,
 }
 
-impl ClusterError {
-    pub(crate) fn whole(object: String, message: String) -> ClusterError {
-        ClusterError {
+impl ViewError {
+    pub(crate) fn whole(object: String, message: String) -> ViewError {
+        ViewError {
             object,
             field: String::new(),
             message,
@@ -42,9 +42,9 @@ impl ClusterError {
 }
 
 /// Loads the manifests under `path` and builds the view of node `local`.
-pub fn load(path: &Path, local: &str) -> Result<ClusterView, ClusterError> {
+pub fn load(path: &Path, local: &str) -> Result<ClusterView, ViewError> {
     let m = manifests::load(&[path.to_path_buf()])
-        .map_err(|e| ClusterError::whole(path.display().to_string(), e.to_string()))?;
+        .map_err(|e| ViewError::whole(path.display().to_string(), e.to_string()))?;
     ClusterView::build(&m, local)
 }
 
@@ -72,11 +72,11 @@ pub struct ClusterView {
     pub namespaces: usize,
 }
 
-fn node_info(node: &Node) -> Result<NodeInfo, ClusterError> {
+fn node_info(node: &Node) -> Result<NodeInfo, ViewError> {
     let name = node.metadata.name.clone().unwrap_or_default();
     let object = format!("Node/{name}");
     if name.is_empty() {
-        return Err(ClusterError {
+        return Err(ViewError {
             object,
             field: "metadata.name".into(),
             message: "missing".into(),
@@ -103,13 +103,13 @@ fn node_info(node: &Node) -> Result<NodeInfo, ClusterError> {
         if text.contains(':') {
             continue; // IPv6: not served yet.
         }
-        let net: Ipv4Net = text.parse().map_err(|_| ClusterError {
+        let net: Ipv4Net = text.parse().map_err(|_| ViewError {
             object: object.clone(),
             field: field.clone(),
             message: format!("invalid CIDR {text:?}"),
         })?;
         if net.trunc() != net {
-            return Err(ClusterError {
+            return Err(ViewError {
                 object,
                 field,
                 message: format!("{text} has host bits set"),
@@ -122,7 +122,7 @@ fn node_info(node: &Node) -> Result<NodeInfo, ClusterError> {
     if let Some(addrs) = node.status.as_ref().and_then(|s| s.addresses.as_ref()) {
         for (i, a) in addrs.iter().enumerate() {
             if a.type_ == "InternalIP" && !a.address.contains(':') {
-                internal_ip = Some(a.address.parse().map_err(|_| ClusterError {
+                internal_ip = Some(a.address.parse().map_err(|_| ViewError {
                     object: object.clone(),
                     field: format!("status.addresses[{i}].address"),
                     message: format!("invalid IPv4 address {:?}", a.address),
@@ -140,12 +140,12 @@ fn node_info(node: &Node) -> Result<NodeInfo, ClusterError> {
 
 impl ClusterView {
     /// Builds the view of node `local` from `objects`.
-    pub fn build(objects: &Manifests, local: &str) -> Result<ClusterView, ClusterError> {
+    pub fn build(objects: &Manifests, local: &str) -> Result<ClusterView, ViewError> {
         let mut nodes = Vec::new();
         for n in &objects.nodes {
             let info = node_info(n)?;
             if nodes.iter().any(|o: &NodeInfo| o.name == info.name) {
-                return Err(ClusterError {
+                return Err(ViewError {
                     object: format!("Node/{}", info.name),
                     field: "metadata.name".into(),
                     message: "listed twice".into(),
@@ -158,7 +158,7 @@ impl ClusterView {
             for b in &nodes[i + 1..] {
                 if let (Some(x), Some(y)) = (a.pod_cidr, b.pod_cidr) {
                     if x.contains(&y.network()) || y.contains(&x.network()) {
-                        return Err(ClusterError {
+                        return Err(ViewError {
                             object: format!("Node/{}", b.name),
                             field: "spec.podCIDR".into(),
                             message: format!("{y} overlaps {x} of Node/{}", a.name),
@@ -171,20 +171,20 @@ impl ClusterView {
             .iter()
             .find(|n| n.name == local)
             .cloned()
-            .ok_or_else(|| ClusterError {
+            .ok_or_else(|| ViewError {
                 object: format!("Node/{local}"),
                 field: String::new(),
                 message: "this node is not in the cluster state".into(),
             })?;
         if me.pod_cidr.is_none() {
-            return Err(ClusterError {
+            return Err(ViewError {
                 object: format!("Node/{local}"),
                 field: "spec.podCIDR".into(),
                 message: "missing: this node needs a pod CIDR".into(),
             });
         }
         let state = ClusterState::from_manifests(objects)
-            .map_err(|e| ClusterError::whole("pods".into(), e.to_string()))?;
+            .map_err(|e| ViewError::whole("pods".into(), e.to_string()))?;
         let pod_labels = state
             .pods
             .iter()
