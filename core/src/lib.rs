@@ -19,11 +19,14 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod checksum;
+pub mod conntrack;
 pub mod datapath;
 pub mod flow;
 pub mod ids;
 pub mod ipam;
 pub mod maglev;
+pub mod nat;
 pub mod policy;
 pub mod route;
 pub mod service;

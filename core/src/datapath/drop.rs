@@ -88,6 +88,8 @@ drop_reasons! {
     ConntrackFull => "conntrack_full",
     /// A NAT rewrite could not be applied to the packet.
     NatFailed => "nat_failed",
+    /// An ICMP error about a packet of no tracked connection.
+    UntrackedIcmpError => "untracked_icmp_error",
 }
 
 /// One counter per [`DropReason`].

@@ -35,5 +35,5 @@ pub use rule::{
     AddrInfo, DirPolicy, EndpointPolicy, EndpointRef, Identity, IpBlock, PeerSet, PeerSpec,
     PolicyId, PortProtocol, PortRange, PortSet, Rule, RuleSpec, Span,
 };
-pub use table::{PolicyError, PolicyStorage, PolicyTable};
+pub use table::{PeerSetView, PolicyError, PolicyStorage, PolicyTable, RulePeers};
 pub use verdict::{AllowReason, ConnVerdict, DenyReason, Direction, Verdict, MAX_RULE_INDEX};

@@ -277,6 +277,64 @@ fn filtered_rule_needs_identity_in_filter_and_isolated_set_without_rules_denies(
     assert_eq!(t.evaluate(Ingress, a, c, 8080, PROTO_TCP), OPEN);
 }
 
+#[test]
+fn big_peer_sets_become_bitmaps_and_keep_every_member() {
+    let mut store = Store::new(8);
+    store.peers = vec![Identity(0); 64];
+    let mut t = store.table();
+    t.add_prefix(cidr(192, 0, 2, 0, 24)).unwrap();
+    // An early small id followed by large ones: the bitmap (11 words) is shorter than
+    // the 41 ids, and is built without clobbering ids not yet read.
+    let mut ids: Vec<Identity> = (300..340).map(Identity).collect();
+    ids.push(Identity(0));
+    let blocks = [IpBlock {
+        cidr: cidr(192, 0, 2, 0, 24),
+        except: &[],
+    }];
+    let set = t
+        .add_peer_set(&PeerSpec {
+            identities: &ids,
+            blocks: &blocks,
+            ..PeerSpec::default()
+        })
+        .unwrap();
+    assert_eq!(t.usage().2, 11 + 1, "11 bitmap words + 1 CIDR class");
+    let ports = t.add_port_set(&[]).unwrap();
+    t.push_rule(&RuleSpec {
+        policy: PolicyId(0),
+        index: 0,
+        peers: set,
+        only: None,
+        ports,
+    })
+    .unwrap();
+    let dir = t.finish_rule_set(Some(PolicyId(0)));
+    let view = t.rule_peers(&t.rules_of(&dir)[0]).set;
+    let members: Vec<Identity> = view.iter().collect();
+    let mut want = ids.clone();
+    want.sort();
+    want.push(t.cidr_class(ip(192, 0, 2, 1)).unwrap());
+    assert_eq!(members, want);
+    for id in 0..400 {
+        assert_eq!(
+            view.contains(Identity(id)),
+            id == 0 || (300..340).contains(&id)
+        );
+    }
+    // Without spare room for the bitmap, the set stays a sorted list.
+    let mut store = Store::new(8);
+    store.peers = vec![Identity(0); 41];
+    let mut t = store.table();
+    let set = t
+        .add_peer_set(&PeerSpec {
+            identities: &ids,
+            ..PeerSpec::default()
+        })
+        .unwrap();
+    assert_eq!(t.usage().2, 41);
+    let _ = set;
+}
+
 // ---- naive model ----------------------------------------------------------------
 
 #[derive(Debug, Clone)]
@@ -375,7 +433,12 @@ fn port_range() -> impl Strategy<Value = PortRange> {
 }
 
 fn mrule() -> impl Strategy<Value = MRule> {
-    let ids = proptest::collection::vec((0u32..5).prop_map(Identity), 0..4);
+    // Up to 40 identities, sets up to 30 wide: exercises both the sorted-list and the
+    // bitmap representation of peer sets.
+    let ids = prop_oneof![
+        proptest::collection::vec((0u32..5).prop_map(Identity), 0..4),
+        proptest::collection::vec((0u32..40).prop_map(Identity), 8..30),
+    ];
     let blocks = proptest::collection::vec(
         (0usize..7, proptest::collection::vec(0usize..7, 0..2)),
         0..2,
@@ -425,7 +488,10 @@ fn model() -> impl Strategy<Value = Model> {
         1..4,
     );
     (
-        proptest::collection::vec(proptest::option::weighted(0.8, 0u32..5), 10),
+        proptest::collection::vec(
+            proptest::option::weighted(0.8, prop_oneof![0u32..5, 0u32..40]),
+            10,
+        ),
         sets,
         proptest::collection::vec((0usize..4, 0usize..4), 0..8),
     )

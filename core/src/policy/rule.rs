@@ -140,11 +140,17 @@ pub struct Rule {
     /// The rule's index among the policy's rules of its direction.
     pub index: u16,
     pub(crate) flags: u8,
-    /// Sorted peer identities (pod identities, then CIDR classes) in the peer array.
-    pub(crate) peers: Span,
-    /// Sorted pod identities of the filter set in the peer array.
-    pub(crate) filter: Span,
-    /// Port ranges in the port array; empty means every port of every protocol.
+    /// The peer set in the peer array (see [`PeerSet`]).
+    pub(crate) peers: PeerSet,
+    /// The filter set in the peer array (only its pod identities count).
+    pub(crate) filter: PeerSet,
+    /// How many of `inline_ports` are used; 0: the ranges are `ports`.
+    pub(crate) inline_count: u8,
+    /// Up to two port ranges kept in the rule itself, so most port checks read no
+    /// other cache line.
+    pub(crate) inline_ports: [PortRange; 2],
+    /// Port ranges in the port array; with `inline_count == 0`, empty means every
+    /// port of every protocol.
     pub(crate) ports: Span,
 }
 
@@ -154,8 +160,10 @@ impl Rule {
         policy: PolicyId(0),
         index: 0,
         flags: 0,
-        peers: Span::EMPTY,
-        filter: Span::EMPTY,
+        peers: PeerSet::EMPTY,
+        filter: PeerSet::EMPTY,
+        inline_count: 0,
+        inline_ports: [PortRange::ANY; 2],
         ports: Span::EMPTY,
     };
 }
@@ -226,6 +234,7 @@ impl AddrInfo {
 
 /// An `ipBlock` peer: addresses in `cidr` except those in any of `except`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct IpBlock<'s> {
     /// The block.
     pub cidr: Cidr,
@@ -236,6 +245,7 @@ pub struct IpBlock<'s> {
 /// A set of peers to add with [`super::PolicyTable::add_peer_set`]: the union of
 /// everything listed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct PeerSpec<'s> {
     /// Every peer at all, pod or not (a rule without `from`/`to`).
     pub any: bool,
@@ -248,12 +258,49 @@ pub struct PeerSpec<'s> {
 }
 
 /// A stored peer set (made by [`super::PolicyTable::add_peer_set`]); rules of many
-/// endpoints may share it.
+/// endpoints may share it. Its run in the peer array starts with `bitmap_words` words
+/// of a bitmap over pod identities `0..32 * bitmap_words` (bit `i % 32` of word
+/// `i / 32`, stored as `Identity` values), followed by sorted identities: the pod
+/// identities when there is no bitmap, then the CIDR classes. The bitmap is chosen when
+/// it is no larger than the sorted list, so a membership test is one load for big
+/// selectors and a short binary search for small ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct PeerSet {
     pub(crate) flags: u8,
     pub(crate) span: Span,
+    pub(crate) bitmap_words: u32,
+}
+
+impl PeerSet {
+    /// The empty set.
+    pub const EMPTY: PeerSet = PeerSet {
+        flags: 0,
+        span: Span::EMPTY,
+        bitmap_words: 0,
+    };
+
+    /// True when pod identity `id` is in the set (`run` = the set's peer-array run).
+    #[inline]
+    pub(crate) fn has_pod(&self, run: &[Identity], id: Identity) -> bool {
+        if self.bitmap_words == 0 {
+            return run.binary_search(&id).is_ok();
+        }
+        let word = id.0 / 32;
+        word < self.bitmap_words
+            && run
+                .get(word as usize)
+                .is_some_and(|w| w.0 >> (id.0 % 32) & 1 == 1)
+    }
+
+    /// True when CIDR class `class` is in the set.
+    #[inline]
+    pub(crate) fn has_class(&self, run: &[Identity], class: Identity) -> bool {
+        run.get(self.bitmap_words as usize..)
+            .unwrap_or(&[])
+            .binary_search(&class)
+            .is_ok()
+    }
 }
 
 /// A stored list of port ranges (made by [`super::PolicyTable::add_port_set`]); the
@@ -269,6 +316,7 @@ impl PortSet {
 
 /// A rule to add to the table with [`super::PolicyTable::push_rule`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct RuleSpec {
     /// The policy the rule comes from.
     pub policy: PolicyId,

@@ -12,12 +12,15 @@
 //!   and port sets are added once and shared by every rule made from the same
 //!   Kubernetes rule, which keeps the hot data small enough to stay in cache.
 //!
-//! A peer set is a sorted slice of identities searched by binary search rather than a
-//! bitmap over all identities: it costs memory in proportion to the selector's size
-//! (most select a handful of identities), stays tiny on the firmware, and "every pod"
-//! and "every peer" are flags, so the broadest selectors never enumerate. CIDR blocks
-//! become CIDR classes ([`super::cidr`]) stored in the same sorted slice above
-//! [`Identity::CIDR_BASE`], so one search serves both kinds of peer.
+//! A peer set is stored in whichever of two forms is smaller (see [`PeerSet`]): a
+//! sorted slice of identities searched by binary search — memory in proportion to the
+//! selector's size, right for the many selectors that pick a handful of identities and
+//! for the firmware's small tables — or a bitmap over pod identities, one load per
+//! test, right for broad selectors ("every pod of the prod namespaces") that would
+//! otherwise cost a ten-step search. "Every pod" and "every peer" are flags, so the
+//! broadest selectors never enumerate. CIDR blocks become CIDR classes
+//! ([`super::cidr`]) kept as a sorted tail of the same run, above
+//! [`Identity::CIDR_BASE`]. Up to two port ranges live inside the rule itself.
 //!
 //! Building happens in a fixed order: prefixes (all of them first, since CIDR class
 //! numbers are prefix indexes), then peer sets / port sets / rules, closing each
@@ -87,6 +90,66 @@ pub struct PolicyStorage<'a> {
     pub prefixes: &'a mut [Prefix],
 }
 
+/// A read-only view of a rule's peers (see [`PolicyTable::rule_peers`]). A peer is
+/// admitted when (`any`, or `any_pod` and it has a pod identity, or its pod identity or
+/// its CIDR class is in `set`) and (no `only`, or its pod identity is in `only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct RulePeers<'t> {
+    /// Every peer.
+    pub any: bool,
+    /// Every peer with a pod identity.
+    pub any_pod: bool,
+    /// Pod identities and CIDR classes.
+    pub set: PeerSetView<'t>,
+    /// The identity filter, if any (only its pod identities count).
+    pub only: Option<PeerSetView<'t>>,
+}
+
+/// A stored peer set, readable (see [`RulePeers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct PeerSetView<'t> {
+    set: PeerSet,
+    run: &'t [Identity],
+}
+
+impl PeerSetView<'_> {
+    /// The stored set (equal for every rule sharing it: usable as a cache key).
+    pub fn stored(&self) -> PeerSet {
+        self.set
+    }
+
+    /// True when the set holds pod identity `id` (or, for a reserved identity, that
+    /// CIDR class).
+    pub fn contains(&self, id: Identity) -> bool {
+        if id.is_pod_identity() {
+            self.set.has_pod(self.run, id)
+        } else {
+            self.set.has_class(self.run, id)
+        }
+    }
+
+    /// Every member: pod identities, then CIDR classes, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = Identity> + '_ {
+        let words = self.set.bitmap_words as usize;
+        let (bitmap, sorted) = if words == 0 {
+            (&[][..], self.run)
+        } else {
+            (
+                self.run.get(..words).unwrap_or(&[]),
+                self.run.get(words..).unwrap_or(&[]),
+            )
+        };
+        let from_bitmap = bitmap.iter().enumerate().flat_map(|(w, bits)| {
+            (0..32u32)
+                .filter(move |b| bits.0 >> b & 1 == 1)
+                .map(move |b| Identity(w as u32 * 32 + b))
+        });
+        from_bitmap.chain(sorted.iter().copied())
+    }
+}
+
 /// Compiled NetworkPolicy for one node's endpoints; see the module documentation.
 #[derive(Debug)]
 pub struct PolicyTable<'a> {
@@ -109,6 +172,38 @@ fn span(start: usize, end: usize) -> Span {
         start: start as u32,
         len: end.saturating_sub(start) as u32,
     }
+}
+
+/// Rewrites the sorted, duplicate-free run `area[..len]` = `[pod ids (pods) |
+/// classes]` as `[bitmap (words) | classes]`, building the bitmap in the spare slots
+/// `area[len..len + words]` first. Returns false (and leaves the run as it is) when
+/// `area` has no room for that.
+fn write_bitmap(area: &mut [Identity], len: usize, pods: usize, words: usize) -> bool {
+    let Some(scratch) = area.get(len..len + words).map(|s| s.len()) else {
+        return false;
+    };
+    if scratch != words {
+        return false;
+    }
+    for w in len..len + words {
+        if let Some(slot) = area.get_mut(w) {
+            *slot = Identity(0);
+        }
+    }
+    for i in 0..pods {
+        let Some(id) = area.get(i).copied() else {
+            break;
+        };
+        if let Some(slot) = area.get_mut(len + id.0 as usize / 32) {
+            slot.0 |= 1 << (id.0 % 32);
+        }
+    }
+    // [pods | classes | bitmap] → [bitmap | classes].
+    if let Some(tail) = area.get_mut(pods..len + words) {
+        tail.rotate_right(words);
+    }
+    area.copy_within(pods..len + words, 0);
+    true
 }
 
 /// Sorts and de-duplicates `items` in place; returns the number of distinct items.
@@ -247,10 +342,25 @@ impl<'a> PolicyTable<'a> {
         if run.iter().any(|id| !id.is_pod_identity()) {
             flags |= FLAG_HAS_CIDR;
         }
-        self.peer_count = start + sort_dedup(run);
+        let len = sort_dedup(run);
+        let run = run.get(..len).unwrap_or(&[]);
+        let pods = run.partition_point(|id| id.is_pod_identity());
+        let words = run
+            .get(..pods)
+            .and_then(|p| p.last())
+            .map_or(0, |max| max.0 as usize / 32 + 1);
+        let area = self.peers.get_mut(start..).unwrap_or(&mut []);
+        let bitmap_words = if pods > 8 && words <= pods && write_bitmap(area, len, pods, words) {
+            self.peer_count = start + words + (len - pods);
+            words as u32
+        } else {
+            self.peer_count = start + len;
+            0
+        };
         Ok(PeerSet {
             flags,
             span: span(start, self.peer_count),
+            bitmap_words,
         })
     }
 
@@ -282,17 +392,32 @@ impl<'a> PolicyTable<'a> {
         let filter = match spec.only {
             Some(only) => {
                 flags |= FLAG_FILTERED;
-                only.span
+                only
             }
-            None => Span::EMPTY,
+            None => PeerSet::EMPTY,
+        };
+        let ranges = spec.ports.0.of(self.ports);
+        let mut inline_ports = [PortRange::ANY; 2];
+        let (inline_count, ports) = match ranges {
+            [a] => {
+                inline_ports[0] = *a;
+                (1, Span::EMPTY)
+            }
+            [a, b] => {
+                inline_ports = [*a, *b];
+                (2, Span::EMPTY)
+            }
+            _ => (0, spec.ports.0),
         };
         *slot = Rule {
             policy: spec.policy,
             index: spec.index,
             flags,
-            peers: spec.peers.span,
+            peers: spec.peers,
             filter,
-            ports: spec.ports.0,
+            inline_count,
+            inline_ports,
+            ports,
         };
         self.rule_count += 1;
         Ok(())
@@ -401,10 +526,36 @@ impl<'a> PolicyTable<'a> {
         dir.rules.of(self.rules)
     }
 
+    /// The peers of `rule` (for control-plane tools such as a reachability matrix,
+    /// which evaluate whole peer sets at once instead of one flow at a time).
+    pub fn rule_peers(&self, rule: &Rule) -> RulePeers<'_> {
+        RulePeers {
+            any: rule.flags & FLAG_ANY_PEER != 0,
+            any_pod: rule.flags & FLAG_ANY_POD != 0,
+            set: PeerSetView {
+                set: rule.peers,
+                run: rule.peers.span.of(self.peers),
+            },
+            only: (rule.flags & FLAG_FILTERED != 0).then(|| PeerSetView {
+                set: rule.filter,
+                run: rule.filter.span.of(self.peers),
+            }),
+        }
+    }
+
+    /// True when `rule` admits destination `port` of IP protocol `protocol`.
+    pub fn rule_admits_port(&self, rule: &Rule, port: u16, protocol: u8) -> bool {
+        self.ports_admit(rule, port, protocol)
+    }
+
     // ---- evaluation ---------------------------------------------------------------
 
     #[inline]
     fn ports_admit(&self, rule: &Rule, port: u16, protocol: u8) -> bool {
+        if rule.inline_count != 0 {
+            return rule.inline_ports[0].admits(port, protocol)
+                || (rule.inline_count == 2 && rule.inline_ports[1].admits(port, protocol));
+        }
         rule.ports.len == 0
             || rule
                 .ports
@@ -422,21 +573,21 @@ impl<'a> PolicyTable<'a> {
         class: &mut Option<Option<Identity>>,
     ) -> bool {
         let in_peers = rule.flags & FLAG_ANY_PEER != 0 || {
-            let set = rule.peers.of(self.peers);
+            let set = rule.peers.span.of(self.peers);
             match pod {
                 Some(_) if rule.flags & FLAG_ANY_POD != 0 => true,
-                Some(id) if set.binary_search(&id).is_ok() => true,
+                Some(id) if rule.peers.has_pod(set, id) => true,
                 _ => {
                     rule.flags & FLAG_HAS_CIDR != 0
                         && class
                             .get_or_insert_with(|| self.cidr_class(peer))
-                            .is_some_and(|c| set.binary_search(&c).is_ok())
+                            .is_some_and(|c| rule.peers.has_class(set, c))
                 }
             }
         };
         in_peers
             && (rule.flags & FLAG_FILTERED == 0
-                || pod.is_some_and(|id| rule.filter.of(self.peers).binary_search(&id).is_ok()))
+                || pod.is_some_and(|id| rule.filter.has_pod(rule.filter.span.of(self.peers), id)))
     }
 
     #[inline]

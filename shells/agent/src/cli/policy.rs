@@ -212,8 +212,7 @@ impl Explainer<'_> {
         local: &Endpoint,
         local_raw: &str,
         peer_name: &str,
-        port: u16,
-        protocol: Protocol,
+        (port, protocol): (u16, Protocol),
         verdict: Verdict,
     ) -> DirReport {
         let dir_name = if dir == INGRESS { "ingress" } else { "egress" };
@@ -303,8 +302,8 @@ fn check(a: &CheckArgs) -> anyhow::Result<ExitCode> {
         let v = table.evaluate_connection(from.ip, to.ip, port, protocol.number());
         let from_name = explain.name(&from, &q.from);
         let to_name = explain.name(&to, &q.to);
-        let egress = explain.report(EGRESS, &from, &q.from, &to_name, port, protocol, v.egress);
-        let ingress = explain.report(INGRESS, &to, &q.to, &from_name, port, protocol, v.ingress);
+        let egress = explain.report(EGRESS, &from, &q.from, &to_name, (port, protocol), v.egress);
+        let ingress = explain.report(INGRESS, &to, &q.to, &from_name, (port, protocol), v.ingress);
         let loopback = from.ip == to.ip;
         let (verdict, note) = if loopback {
             (

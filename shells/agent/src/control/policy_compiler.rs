@@ -706,11 +706,14 @@ impl CompiledPolicy {
     /// Storage sized for this plan.
     pub fn store(&self) -> PolicyStore {
         let rules: usize = self.rules.iter().map(|r| r[0].len() + r[1].len()).sum();
+        // Bitmap peer sets are built in spare slots after their run: leave room.
         let peers: usize = self
             .peer_sets
             .iter()
             .map(|p| p.ids.len() + p.blocks.len() * self.prefixes.len())
-            .sum();
+            .sum::<usize>()
+            + self.identities.len() / 32
+            + 1;
         let ports: usize = self.port_sets.iter().map(Vec::len).sum();
         let addresses = self.addresses.len() + self.addresses.len() / 4 + 8;
         PolicyStore {

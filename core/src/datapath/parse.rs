@@ -1,0 +1,271 @@
+//! Parsing a frame into what the pipeline needs to decide its fate.
+//!
+//! Design note: the pipeline reads each frame once, up front, into a small `Copy`
+//! summary — header offsets, the flow key, TCP flags, TTL — using smoltcp's checked
+//! views, and every later stage works from that summary and the offsets. Nothing is
+//! copied; a malformed frame becomes a [`DropReason`] here, so later stages can index
+//! the buffer at offsets this module has already validated. ICMP errors are keyed by the
+//! flow they report on (the embedded header, reversed), which is how connection
+//! tracking finds the connection they are *related* to.
+
+use core::net::{IpAddr, Ipv4Addr};
+
+use smoltcp::wire::{
+    EthernetFrame, EthernetProtocol, Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Packet,
+};
+
+use crate::datapath::DropReason;
+use crate::flow::{FlowKey, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+
+/// Length of an Ethernet II header.
+pub(crate) const ETHERNET_HEADER_LEN: usize = 14;
+
+/// TCP flag bits as they appear in the 14th byte of the TCP header.
+pub(crate) mod tcp_flags {
+    /// FIN: no more data from sender.
+    pub const FIN: u8 = 0x01;
+    /// SYN: synchronise sequence numbers.
+    pub const SYN: u8 = 0x02;
+    /// RST: reset the connection.
+    pub const RST: u8 = 0x04;
+    /// ACK: the acknowledgment field is significant.
+    pub const ACK: u8 = 0x10;
+}
+
+/// The summary of an IPv4 packet inside an Ethernet frame. Offsets are relative to the
+/// start of the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ipv4Summary {
+    /// Offset of the IPv4 header.
+    pub ip: usize,
+    /// Offset of the transport header.
+    pub l4: usize,
+    /// Offset one past the IPv4 packet's last byte (the frame may have padding).
+    pub end: usize,
+    /// The IPv4 source address.
+    pub src: Ipv4Addr,
+    /// The IPv4 destination address.
+    pub dst: Ipv4Addr,
+    /// Whether Don't Fragment is set.
+    pub dont_fragment: bool,
+    /// The flow this packet belongs to (for ICMP errors: the flow they report on, in
+    /// the direction of this error).
+    pub key: FlowKey,
+    /// TCP flags, or 0.
+    pub tcp_flags: u8,
+    /// Time to live.
+    pub ttl: u8,
+    /// Whether this is an ICMP error about another packet (related traffic).
+    pub icmp_error: bool,
+}
+
+/// What a frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Parsed {
+    /// An ARP packet (validated by the ARP responder).
+    Arp,
+    /// An IPv4 packet.
+    Ipv4(Ipv4Summary),
+}
+
+/// Parses an Ethernet frame.
+pub(crate) fn parse_frame(frame: &[u8]) -> Result<Parsed, DropReason> {
+    let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
+    match eth.ethertype() {
+        EthernetProtocol::Arp => Ok(Parsed::Arp),
+        EthernetProtocol::Ipv4 => parse_ipv4(frame).map(Parsed::Ipv4),
+        _ => Err(DropReason::UnsupportedEtherType),
+    }
+}
+
+/// Parses the IPv4 packet that follows an Ethernet header.
+fn parse_ipv4(frame: &[u8]) -> Result<Ipv4Summary, DropReason> {
+    let ip_bytes = &frame[ETHERNET_HEADER_LEN..];
+    let ip = Ipv4Packet::new_checked(ip_bytes).map_err(|_| DropReason::MalformedIpv4)?;
+    if ip.version() != 4 {
+        return Err(DropReason::MalformedIpv4);
+    }
+    if !ip.verify_checksum() {
+        return Err(DropReason::BadIpv4Checksum);
+    }
+    if ip.frag_offset() != 0 {
+        return Err(DropReason::Fragment);
+    }
+    let l4 = ETHERNET_HEADER_LEN + usize::from(ip.header_len());
+    let end = ETHERNET_HEADER_LEN + usize::from(ip.total_len());
+    let payload = &frame[l4..end];
+    let protocol = u8::from(ip.next_header());
+    let mut key = FlowKey {
+        src: IpAddr::V4(ip.src_addr()),
+        dst: IpAddr::V4(ip.dst_addr()),
+        src_port: 0,
+        dst_port: 0,
+        protocol,
+        zone: 0,
+    };
+    let mut tcp_flags = 0;
+    let mut icmp_error = false;
+    match protocol {
+        PROTO_TCP => {
+            if payload.len() < 20 {
+                return Err(DropReason::MalformedTransport);
+            }
+            (key.src_port, key.dst_port) = ports(payload);
+            tcp_flags = payload[13];
+        }
+        PROTO_UDP | PROTO_SCTP => {
+            if payload.len() < 8 {
+                return Err(DropReason::MalformedTransport);
+            }
+            (key.src_port, key.dst_port) = ports(payload);
+        }
+        PROTO_ICMP => {
+            let icmp =
+                Icmpv4Packet::new_checked(payload).map_err(|_| DropReason::MalformedTransport)?;
+            match icmp.msg_type() {
+                Icmpv4Message::EchoRequest | Icmpv4Message::EchoReply => {
+                    let id = icmp.echo_ident();
+                    key.src_port = id;
+                    key.dst_port = id;
+                }
+                Icmpv4Message::DstUnreachable | Icmpv4Message::TimeExceeded => {
+                    key = embedded_flow(&payload[8..])?.reversed();
+                    icmp_error = true;
+                }
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    Ok(Ipv4Summary {
+        ip: ETHERNET_HEADER_LEN,
+        l4,
+        end,
+        src: ip.src_addr(),
+        dst: ip.dst_addr(),
+        dont_fragment: ip.dont_frag(),
+        key,
+        tcp_flags,
+        ttl: ip.hop_limit(),
+        icmp_error,
+    })
+}
+
+/// The source and destination ports at the start of a TCP, UDP or SCTP header.
+fn ports(l4: &[u8]) -> (u16, u16) {
+    (
+        u16::from_be_bytes([l4[0], l4[1]]),
+        u16::from_be_bytes([l4[2], l4[3]]),
+    )
+}
+
+/// The flow of the packet embedded in an ICMP error: its IPv4 header and at least the
+/// first 8 bytes of its payload (RFC 792).
+pub(crate) fn embedded_flow(inner: &[u8]) -> Result<FlowKey, DropReason> {
+    if inner.len() < 20 || inner[0] >> 4 != 4 {
+        return Err(DropReason::MalformedTransport);
+    }
+    let header_len = usize::from(inner[0] & 0x0f) * 4;
+    if header_len < 20 || inner.len() < header_len + 8 {
+        return Err(DropReason::MalformedTransport);
+    }
+    let addr =
+        |at: usize| IpAddr::V4([inner[at], inner[at + 1], inner[at + 2], inner[at + 3]].into());
+    let protocol = inner[9];
+    let l4 = &inner[header_len..];
+    let (src_port, dst_port) = match IpProtocol::from(protocol) {
+        IpProtocol::Tcp | IpProtocol::Udp => ports(l4),
+        IpProtocol::Icmp => {
+            let id = u16::from_be_bytes([l4[4], l4[5]]);
+            (id, id)
+        }
+        _ if protocol == PROTO_SCTP => ports(l4),
+        _ => (0, 0),
+    };
+    Ok(FlowKey {
+        src: addr(12),
+        dst: addr(16),
+        src_port,
+        dst_port,
+        protocol,
+        zone: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::test_frames::*;
+
+    const A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+    const B: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 3);
+
+    fn parse(buf: &[u8], span: crate::datapath::Span) -> Result<Parsed, DropReason> {
+        parse_frame(&buf[span.range()])
+    }
+
+    #[test]
+    fn tcp_udp_icmp_keys() {
+        let (buf, span) = ipv4_frame(
+            [2; 6],
+            [3; 6],
+            A,
+            B,
+            6,
+            64,
+            &tcp(1234, 80, 1, 0, tcp_flags::SYN, b""),
+        );
+        let Parsed::Ipv4(s) = parse(&buf, span).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (s.key.src_port, s.key.dst_port, s.key.protocol),
+            (1234, 80, 6)
+        );
+        assert_eq!(s.tcp_flags, tcp_flags::SYN);
+        assert_eq!((s.ip, s.l4, s.end), (14, 34, 54));
+        let (buf, span) = ipv4_frame([2; 6], [3; 6], A, B, 17, 64, &udp(9, 53, b"x"));
+        let Parsed::Ipv4(s) = parse(&buf, span).unwrap() else {
+            panic!()
+        };
+        assert_eq!((s.key.src_port, s.key.dst_port), (9, 53));
+        let (buf, span) = ipv4_frame([2; 6], [3; 6], A, B, 1, 64, &icmp_echo(0x3291, 1));
+        let Parsed::Ipv4(s) = parse(&buf, span).unwrap() else {
+            panic!()
+        };
+        assert_eq!((s.key.src_port, s.key.dst_port), (0x3291, 0x3291));
+        assert!(!s.icmp_error);
+    }
+
+    #[test]
+    fn malformed_frames_name_their_fault() {
+        let (mut buf, span) = ipv4_frame([2; 6], [3; 6], A, B, 6, 64, &tcp(1, 2, 0, 0, 0, b""));
+        assert_eq!(
+            parse_frame(&buf[span.start..span.start + 10]),
+            Err(DropReason::Truncated)
+        );
+        assert_eq!(
+            parse_frame(&buf[span.start..span.start + 30]),
+            Err(DropReason::MalformedIpv4)
+        );
+        assert_eq!(
+            parse_frame(&buf[span.start..span.start + 40]),
+            Err(DropReason::MalformedIpv4)
+        );
+        buf[span.start + 14 + 10] ^= 0xff;
+        assert_eq!(parse(&buf, span), Err(DropReason::BadIpv4Checksum));
+        let (buf, span) = ipv4_frame([2; 6], [3; 6], A, B, 6, 64, &[0u8; 10]);
+        assert_eq!(parse(&buf, span), Err(DropReason::MalformedTransport));
+        let (mut buf, span) = ipv4_frame([2; 6], [3; 6], A, B, 17, 64, &udp(1, 2, b""));
+        buf[span.start + 12] = 0x86;
+        buf[span.start + 13] = 0xdd;
+        assert_eq!(parse(&buf, span), Err(DropReason::UnsupportedEtherType));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = parse_frame(&bytes);
+        }
+    }
+}
