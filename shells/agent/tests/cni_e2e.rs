@@ -315,6 +315,7 @@ fn kill_9_and_restart_keeps_addresses_and_readopts_pods() {
             (id.to_string(), netns, out.ip())
         })
         .collect();
+    assert!(ping(&pods[0].1, pods[1].2), "traffic before the restart");
     c.kill_agent();
     // Without the agent the pods keep their interfaces, carrier down.
     let flags = eth0(&pods[0].1)["flags"].to_string();
@@ -334,6 +335,14 @@ fn kill_9_and_restart_keeps_addresses_and_readopts_pods() {
         let flags = link["flags"].to_string();
         assert!(flags.contains("LOWER_UP"), "{id}: {flags}");
     }
+    // Traffic resumes without a new ADD: the TAPs were re-adopted.
+    assert!(ping(&pods[0].1, pods[1].2), "traffic after the restart");
+    let server = tcp_peer_reporter(&pods[2].1, 9000, 1);
+    assert_eq!(
+        tcp_ask(&pods[0].1, (pods[2].2, 9000).into()).unwrap(),
+        pods[0].2.to_string()
+    );
+    server.join().unwrap();
     // A new pod gets a fresh address, and the old ones still CHECK.
     let (_n, out) = c.add_pod("d");
     assert!(pods.iter().all(|p| p.2 != out.ip()));
@@ -399,10 +408,9 @@ fn an_invalid_manifest_is_rejected_and_the_last_good_state_kept() {
     );
 }
 
-/// Same-node pod↔pod TCP must reach the server with the client's real pod IP.
-/// Needs the core `Datapath` to forward frames between the TAPs.
+/// Same-node pod↔pod ping, TCP and UDP, node→pod and pod→node: every frame crosses
+/// the core datapath, and servers see the client's real address (no NAT).
 #[test]
-#[ignore = "needs the core Datapath (frames are not forwarded yet)"]
 fn same_node_pod_to_pod_tcp_and_udp_see_the_real_source_ip() {
     if !can_run() {
         return;

@@ -23,12 +23,15 @@ use tokio::sync::Mutex;
 use crate::agent::pods::{Pods, WiringConfig};
 use crate::agent::state::{ClusterState, Shared};
 use crate::api::{Request, Response};
+use crate::control::ipam::mac_for;
 use crate::control::ipam::NodeIpam;
 use crate::control::manifests;
 use crate::control::node_view::{self, ClusterView, ViewError};
+use crate::dataplane::node::{Dataplane, NodeSetup, RemoteNode, Sizes};
 use crate::dataplane::tap::TapOptions;
 use crate::netlink::rt::RtNetlink;
 use crate::netlink::{Netlink, Ns};
+use podwire_core::ids::NodeId;
 
 /// VXLAN overhead subtracted from the underlay MTU for pod interfaces.
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -50,6 +53,10 @@ pub struct AgentConfig {
     pub reload_interval: Duration,
     /// TAP queues per pod.
     pub queues: usize,
+    /// The VXLAN UDP port.
+    pub vxlan_port: u16,
+    /// Connection-tracking entries.
+    pub conntrack_entries: usize,
 }
 
 /// A fingerprint of the manifests: file names and contents.
@@ -71,6 +78,72 @@ fn fingerprint(path: &Path) -> Result<Vec<u8>, ViewError> {
 
 fn load_view(path: &Path, node: &str) -> Result<ClusterView, ViewError> {
     node_view::load(path, node)
+}
+
+/// The other nodes with a pod CIDR and an InternalIP, numbered by their position in
+/// the name-sorted node list (the same on every node).
+fn remote_nodes(view: &ClusterView) -> Vec<RemoteNode> {
+    view.nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.name != view.local.name)
+        .filter_map(|(i, n)| {
+            Some(RemoteNode {
+                id: NodeId(i as u16),
+                pod_cidr: n.pod_cidr?,
+                ip: n.internal_ip?,
+            })
+        })
+        .collect()
+}
+
+fn local_node_id(view: &ClusterView) -> NodeId {
+    NodeId(
+        view.nodes
+            .iter()
+            .position(|n| n.name == view.local.name)
+            .unwrap_or(0) as u16,
+    )
+}
+
+fn start_dataplane<N: Netlink>(
+    pods: &mut Pods<N>,
+    view: &ClusterView,
+    config: &AgentConfig,
+    underlay_mtu: u32,
+) -> Result<()> {
+    let Some(node_ip) = view.local.internal_ip else {
+        bail!(
+            "Node/{} has no InternalIP in status.addresses",
+            view.local.name
+        );
+    };
+    let host_queue = pods
+        .host_queue()
+        .context("the host port podwire0 has no queue")?;
+    let underlay = match std::net::UdpSocket::bind((node_ip, config.vxlan_port)) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(%node_ip, port = config.vxlan_port, error = %e, "no VXLAN socket: cross-node traffic disabled");
+            None
+        }
+    };
+    let setup = NodeSetup {
+        node: local_node_id(view),
+        pod_cidr: pods.ipam().cidr(),
+        gateway: pods.gateway(),
+        node_ip,
+        underlay_mtu: underlay_mtu.min(u32::from(u16::MAX)) as u16,
+        host_mac: mac_for(pods.gateway()),
+    };
+    let sizes = Sizes {
+        conntrack: config.conntrack_entries.max(1024),
+        ..Sizes::default()
+    };
+    let dp = Dataplane::start(&setup, sizes, host_queue, underlay).map_err(anyhow::Error::msg)?;
+    pods.attach_dataplane(dp);
+    pods.set_remote_nodes(remote_nodes(view));
+    Ok(())
 }
 
 fn remote_cidrs(view: &ClusterView) -> Vec<Ipv4Net> {
@@ -131,6 +204,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     for (key, why) in pods.adopt().await {
         tracing::warn!(container = %key.container_id, ifname = %key.ifname, reason = %why, "could not re-adopt pod; it stays allocated until DEL or GC");
     }
+    start_dataplane(&mut pods, &view, &config, underlay).context("starting the dataplane")?;
     tracing::info!(
         node = %config.node,
         pod_cidr = %cidr,
@@ -239,6 +313,7 @@ async fn reload_loop<N: Netlink>(
                 if let Err(e) = s.pods.sync_host_routes(&remote_cidrs(&view)).await {
                     tracing::error!(error = %e, "updating routes to other nodes");
                 }
+                s.pods.set_remote_nodes(remote_nodes(&view));
                 if view.local.pod_cidr != Some(s.pods.ipam().cidr()) {
                     tracing::warn!(
                         new = ?view.local.pod_cidr,

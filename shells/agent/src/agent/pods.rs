@@ -32,6 +32,7 @@ use crate::api::{CniRequest, IpamAllocation, IpamReport, PodRow};
 use crate::cni::spec::{CniError, CniResult, Dns, ErrorCode, Interface, IpConfig, RouteConfig};
 use crate::control::ipam::{mac_for, Attachment, AttachmentKey, IpamError, NodeIpam};
 use crate::control::node_view::ClusterView;
+use crate::dataplane::node::{Dataplane, RemoteNode, Stats};
 use crate::dataplane::ports::{Port, PortKind, Ports, HOST_PORT};
 use crate::dataplane::tap::TapOptions;
 use crate::netlink::{
@@ -57,6 +58,7 @@ pub struct Pods<N: Netlink> {
     ports: Ports,
     config: WiringConfig,
     host_routes: BTreeSet<Ipv4Net>,
+    dataplane: Option<Dataplane>,
 }
 
 fn internal(e: impl std::fmt::Display) -> CniError {
@@ -92,6 +94,7 @@ impl<N: Netlink> Pods<N> {
             ports: Ports::new(),
             config,
             host_routes: BTreeSet::new(),
+            dataplane: None,
         }
     }
 
@@ -108,6 +111,45 @@ impl<N: Netlink> Pods<N> {
     /// The wiring configuration.
     pub fn config(&self) -> WiringConfig {
         self.config
+    }
+
+    /// Hands the running dataplane to the manager and registers every attached pod
+    /// with it; later ADDs and DELs keep it in step.
+    pub fn attach_dataplane(&mut self, dp: Dataplane) {
+        for port in self.ports.iter() {
+            let PortKind::Pod(_) = port.kind else {
+                continue;
+            };
+            if let Some(q) = port.tap.as_ref().and_then(|t| t.queues().first()) {
+                match q.try_clone() {
+                    Ok(q) => dp.add_pod(port.id, port.ip, port.mac, q),
+                    Err(e) => tracing::error!(port = port.id.0, error = %e, "dup TAP queue"),
+                }
+            }
+        }
+        self.dataplane = Some(dp);
+    }
+
+    /// The host port's first TAP queue (duplicated), for the dataplane.
+    pub fn host_queue(&self) -> Option<std::os::fd::OwnedFd> {
+        self.ports
+            .get(HOST_PORT)
+            .and_then(|p| p.tap.as_ref())
+            .and_then(|t| t.queues().first())
+            .and_then(|q| q.try_clone().ok())
+    }
+
+    /// Updates the dataplane's routes and VTEPs for the other nodes.
+    pub fn set_remote_nodes(&mut self, nodes: Vec<RemoteNode>) {
+        if let Some(dp) = &mut self.dataplane {
+            dp.set_remote_nodes(nodes);
+        }
+    }
+
+    /// The dataplane's counters: `None` without a dataplane, `Some(None)` if the
+    /// worker did not answer.
+    pub fn dataplane_stats(&self) -> Option<Option<Stats>> {
+        self.dataplane.as_ref().map(Dataplane::stats)
     }
 
     fn prefix(&self) -> Ipv4Net {
@@ -312,6 +354,15 @@ impl<N: Netlink> Pods<N> {
             .map_err(from_ipam)?;
         match self.wire(&attachment, &ns).await {
             Ok(tap) => {
+                if let Some(dp) = &self.dataplane {
+                    match tap.queues().first().map(|q| q.try_clone()) {
+                        Some(Ok(q)) => {
+                            dp.add_pod(PortId(attachment.port), attachment.ip, attachment.mac, q)
+                        }
+                        Some(Err(e)) => tracing::error!(error = %e, "dup TAP queue"),
+                        None => {}
+                    }
+                }
                 self.ports.insert(Port {
                     id: PortId(attachment.port),
                     kind: PortKind::Pod(key),
@@ -388,6 +439,9 @@ impl<N: Netlink> Pods<N> {
         let Some(a) = self.ipam.get(key).cloned() else {
             return Ok(());
         };
+        if let Some(dp) = &self.dataplane {
+            dp.remove_pod(PortId(a.port), a.ip);
+        }
         let port = self.ports.remove(PortId(a.port));
         self.unwire(&a, port).await;
         self.ipam.detach(key).map_err(from_ipam)?;

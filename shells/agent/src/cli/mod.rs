@@ -83,6 +83,12 @@ pub struct AgentArgs {
     /// TAP queues per pod interface.
     #[arg(long, default_value_t = 1)]
     pub queues: usize,
+    /// VXLAN UDP port (flannel-compatible default).
+    #[arg(long, default_value_t = 8472)]
+    pub vxlan_port: u16,
+    /// Connection-tracking entries.
+    #[arg(long, default_value_t = 65536)]
+    pub conntrack_entries: usize,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -176,6 +182,8 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         underlay_mtu: a.underlay_mtu,
         reload_interval: Duration::from_millis(a.reload_interval_ms.max(50)),
         queues: a.queues,
+        vxlan_port: a.vxlan_port,
+        conntrack_entries: a.conntrack_entries,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

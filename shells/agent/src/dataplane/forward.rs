@@ -33,6 +33,9 @@ pub const BUFFER_LEN: usize = HEADROOM + 65536;
 pub trait Forwarder {
     /// Processes `buf[frame]` that entered at `ingress`.
     fn process(&mut self, now: Instant, ingress: Ingress, buf: &mut [u8], frame: Span) -> Action;
+
+    /// Periodic housekeeping (connection-tracking expiry), about once a second.
+    fn tick(&mut self, _now: Instant) {}
 }
 
 /// Where frames leave.

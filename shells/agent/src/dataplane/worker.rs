@@ -163,6 +163,7 @@ fn run<F: Forwarder>(
     let mut buf = vec![0u8; BUFFER_LEN];
     let mut events = vec![EpollEvent::empty(); 64];
     let start = std::time::Instant::now();
+    let mut last_tick = start;
     loop {
         let n = match epoll.wait(&mut events, EpollTimeout::from(1000u16)) {
             Ok(n) => n,
@@ -170,6 +171,10 @@ fn run<F: Forwarder>(
             Err(e) => return Err(e.into()),
         };
         let now = Instant::from_micros(start.elapsed().as_micros() as i64);
+        if last_tick.elapsed() >= std::time::Duration::from_secs(1) {
+            last_tick = std::time::Instant::now();
+            fwd.tick(now);
+        }
         for ev in &events[..n] {
             match ev.data() {
                 WAKE => {
