@@ -1,10 +1,21 @@
 //! # podwire-agent
 //!
-//! podwire's Linux node agent: the control plane that turns cluster state into the
-//! core's tables (`control`) and the `podwire` command-line interface (`cli`).
+//! podwire's Linux shell: the node agent (`podwire agent`), its kubectl-style CLI, and
+//! the CNI plugin (`podwire-cni`).
 //!
-//! Design note: the crate is a library with a thin binary, so the CLI, tests and
-//! benchmarks all drive the same code paths.
+//! Design note: the crate is split by responsibility. `cni/` is what the container
+//! runtime executes (synchronous, small); `api` is the local socket protocol between
+//! the plugin/CLI and the agent; `control/` turns cluster state into what the node
+//! needs (node view, IPAM with its persisted state); `netlink/` configures links,
+//! addresses and routes behind a trait with a real rtnetlink implementation and a
+//! recording fake; `dataplane/` owns TAP devices and the loop that feeds frames
+//! through the core datapath; `agent/` ties them into the daemon; `cli/` is the
+//! command line.
 
+pub mod agent;
+pub mod api;
 pub mod cli;
+pub mod cni;
 pub mod control;
+pub mod dataplane;
+pub mod netlink;

@@ -1,16 +1,24 @@
-//! The `podwire` command line: subcommands in kubectl style.
+//! The `podwire` command line, in kubectl style: the agent itself, views that query
+//! the agent's socket, `install-cni`, and offline NetworkPolicy tools.
 //!
 //! Design note: `main.rs` only parses arguments; each subcommand lives in its own module
 //! and returns `anyhow::Result`, so every failure reaches the user as one message that
-//! names the problem (file, object, field, query), with a non-zero exit status.
+//! names the problem (file, object, field, query), with a non-zero exit status. The
+//! views fetch one typed response and render it as an aligned table (the default),
+//! JSON or YAML, so scripts get exactly the structure the API carries and people get
+//! `kubectl get`-style columns.
 
+pub mod output;
 pub mod policy;
+pub mod show;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
-/// podwire: Kubernetes pod networking dataplane.
+/// podwire: Kubernetes pod networking on one allocation-free core.
 #[derive(Debug, Parser)]
 #[command(name = "podwire", version, about)]
 pub struct Cli {
@@ -19,17 +27,166 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The subcommands.
+/// Log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Output format of the views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum OutputFormat {
+    /// Aligned columns.
+    #[default]
+    Table,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// Options shared by the views.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ViewArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    pub output: OutputFormat,
+    /// The agent's socket.
+    #[arg(long, default_value = crate::cni::spec::DEFAULT_SOCKET, env = "PODWIRE_SOCKET")]
+    pub socket: PathBuf,
+}
+
+/// Options of `podwire agent`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Kubernetes manifests (file or folder) describing the cluster.
+    #[arg(long, default_value = "/etc/podwire/cluster.yaml")]
+    pub cluster: PathBuf,
+    /// This node's name (defaults to $NODE_NAME, then the hostname).
+    #[arg(long, env = "NODE_NAME")]
+    pub node: Option<String>,
+    /// Where IPAM state is kept.
+    #[arg(long, default_value = "/var/lib/podwire")]
+    pub state_dir: PathBuf,
+    /// The API socket (created with mode 0600).
+    #[arg(long, default_value = crate::cni::spec::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Underlay MTU (default: the MTU of the device holding the node's InternalIP, else 1500).
+    #[arg(long)]
+    pub underlay_mtu: Option<u32>,
+    /// How often to check the manifests for changes, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub reload_interval_ms: u64,
+    /// TAP queues per pod interface.
+    #[arg(long, default_value_t = 1)]
+    pub queues: usize,
+    /// VXLAN UDP port (flannel-compatible default).
+    #[arg(long, default_value_t = 8472)]
+    pub vxlan_port: u16,
+    /// Connection-tracking entries.
+    #[arg(long, default_value_t = 65536)]
+    pub conntrack_entries: usize,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// NetworkPolicy tools that work offline on manifests.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Run the node agent.
+    Agent(AgentArgs),
+    /// One line per subsystem.
+    Status(ViewArgs),
+    /// Pods attached on this node.
+    Pods(ViewArgs),
+    /// Pod CIDR routes of the cluster as this node sees them.
+    Routes(ViewArgs),
+    /// Pod CIDR usage and allocations.
+    Ipam(ViewArgs),
+    /// Install the CNI conflist and plugin binary (as a DaemonSet init container does).
+    InstallCni {
+        /// CNI configuration directory.
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
+        /// CNI plugin directory.
+        #[arg(long, default_value = "/opt/cni/bin")]
+        bin_dir: PathBuf,
+        /// The agent socket the plugin will use.
+        #[arg(long, default_value = crate::cni::spec::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// The plugin binary to install (default: `podwire-cni` next to this program).
+        #[arg(long)]
+        plugin_binary: Option<PathBuf>,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Policy(cmd) => policy::run(cmd),
+        Command::Policy(cmd) => return policy::run(cmd),
+        Command::Agent(a) => run_agent(a)?,
+        Command::Status(v) => show::status(&v)?,
+        Command::Pods(v) => show::pods(&v)?,
+        Command::Routes(v) => show::routes(&v)?,
+        Command::Ipam(v) => show::ipam(&v)?,
+        Command::InstallCni {
+            conf_dir,
+            bin_dir,
+            socket,
+            plugin_binary,
+        } => {
+            let plugin = match plugin_binary {
+                Some(p) => p,
+                None => crate::cni::install::default_plugin_binary()?,
+            };
+            let out = crate::cni::install::install(&conf_dir, &bin_dir, &socket, &plugin)?;
+            println!("installed {}", out.conflist.display());
+            println!("installed {}", out.plugin.display());
+        }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
+    init_logs(a.log_format);
+    let node = match a.node {
+        Some(n) => n,
+        None => nix::unistd::gethostname()?
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("hostname is not UTF-8"))?,
+    };
+    let config = crate::agent::daemon::AgentConfig {
+        cluster: a.cluster,
+        node,
+        state_dir: a.state_dir,
+        socket: a.socket,
+        underlay_mtu: a.underlay_mtu,
+        reload_interval: Duration::from_millis(a.reload_interval_ms.max(50)),
+        queues: a.queues,
+        vxlan_port: a.vxlan_port,
+        conntrack_entries: a.conntrack_entries,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::agent::daemon::run(config))
 }

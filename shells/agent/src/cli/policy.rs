@@ -205,6 +205,7 @@ impl Explainer<'_> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn report(
         &self,
         dir: usize,

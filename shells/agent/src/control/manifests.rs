@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -75,6 +75,8 @@ pub enum Object {
     Namespace(Box<Namespace>),
     /// A `v1` Pod.
     Pod(Box<Pod>),
+    /// A `v1` Node.
+    Node(Box<Node>),
     /// A `networking.k8s.io/v1` NetworkPolicy.
     NetworkPolicy(Box<NetworkPolicy>),
     /// A kind the agent does not use (yet).
@@ -91,6 +93,8 @@ pub struct Manifests {
     pub namespaces: Vec<Namespace>,
     /// Pods.
     pub pods: Vec<Pod>,
+    /// Nodes.
+    pub nodes: Vec<Node>,
     /// NetworkPolicies.
     pub network_policies: Vec<NetworkPolicy>,
     /// Number of objects of other kinds that were skipped.
@@ -104,6 +108,7 @@ impl Manifests {
             match o {
                 Object::Namespace(n) => self.namespaces.push(*n),
                 Object::Pod(p) => self.pods.push(*p),
+                Object::Node(n) => self.nodes.push(*n),
                 Object::NetworkPolicy(p) => self.network_policies.push(*p),
                 Object::Other { .. } => self.skipped += 1,
             }
@@ -283,6 +288,11 @@ fn typed(
             check_version("v1")?;
             let pod = de::<Pod>(doc).map_err(|(f, m)| field_error(f, m))?;
             out.push(Object::Pod(Box::new(pod)));
+        }
+        "Node" => {
+            check_version("v1")?;
+            let node = de::<Node>(doc).map_err(|(f, m)| field_error(f, m))?;
+            out.push(Object::Node(Box::new(node)));
         }
         "NetworkPolicy" => {
             check_version("networking.k8s.io/v1")?;

@@ -1,0 +1,145 @@
+//! `podwire status|pods|routes|ipam`: ask the agent, render the answer.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use super::output::{render, table};
+use super::ViewArgs;
+use crate::api::{self, Request, Response};
+
+fn ask(args: &ViewArgs, req: Request) -> Result<Response> {
+    match api::call(&args.socket, &req, Duration::from_secs(10))? {
+        Response::Error(e) => bail!("agent: {e}"),
+        r => Ok(r),
+    }
+}
+
+fn print(s: String) -> Result<()> {
+    print!("{s}");
+    Ok(())
+}
+
+/// `podwire status`: one aligned line per subsystem.
+pub fn status(args: &ViewArgs) -> Result<()> {
+    let Response::Status(lines) = ask(args, Request::Status)? else {
+        bail!("unexpected response")
+    };
+    print(render(args.output, &lines, |lines| {
+        let w = lines
+            .iter()
+            .map(|l| l.subsystem.len() + 1)
+            .max()
+            .unwrap_or(0);
+        let sw = lines.iter().map(|l| l.state.len()).max().unwrap_or(0);
+        lines
+            .iter()
+            .map(|l| {
+                format!(
+                    "{:<w$}   {:<sw$}   {}\n",
+                    format!("{}:", l.subsystem),
+                    l.state,
+                    l.detail
+                )
+            })
+            .collect()
+    })?)
+}
+
+/// `podwire pods`.
+pub fn pods(args: &ViewArgs) -> Result<()> {
+    let Response::Pods(rows) = ask(args, Request::Pods)? else {
+        bail!("unexpected response")
+    };
+    print(render(args.output, &rows, |rows| {
+        table(
+            &[
+                "NAMESPACE",
+                "NAME",
+                "IP",
+                "MAC",
+                "PORT",
+                "IFNAME",
+                "STATE",
+                "CONTAINER",
+                "LABELS",
+            ],
+            &rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.namespace.clone(),
+                        r.name.clone(),
+                        r.ip.to_string(),
+                        r.mac.clone(),
+                        r.port.to_string(),
+                        r.ifname.clone(),
+                        r.state.clone(),
+                        r.container_id.chars().take(12).collect(),
+                        r.labels
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        )
+    })?)
+}
+
+/// `podwire routes`.
+pub fn routes(args: &ViewArgs) -> Result<()> {
+    let Response::Routes(rows) = ask(args, Request::Routes)? else {
+        bail!("unexpected response")
+    };
+    print(render(args.output, &rows, |rows| {
+        table(
+            &["DESTINATION", "KIND", "NODE", "VIA"],
+            &rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.destination.to_string(),
+                        r.kind.clone(),
+                        r.node.clone(),
+                        r.via.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        )
+    })?)
+}
+
+/// `podwire ipam`.
+pub fn ipam(args: &ViewArgs) -> Result<()> {
+    let Response::Ipam(report) = ask(args, Request::Ipam)? else {
+        bail!("unexpected response")
+    };
+    print(render(args.output, &report, |r| {
+        let mut s = format!(
+            "CIDR {}  gateway {}  {}/{} allocated\n\n",
+            r.cidr.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            r.gateway
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.allocated,
+            r.capacity
+        );
+        s.push_str(&table(
+            &["IP", "POD", "IFNAME", "CONTAINER"],
+            &r.allocations
+                .iter()
+                .map(|a| {
+                    vec![
+                        a.ip.to_string(),
+                        a.pod.clone(),
+                        a.ifname.clone(),
+                        a.container_id.clone(),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ));
+        s
+    })?)
+}

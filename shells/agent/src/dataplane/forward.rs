@@ -1,0 +1,291 @@
+//! One frame through the datapath: the small, replaceable function at the heart of
+//! the dataplane workers.
+//!
+//! Design note: the core decides, the shell moves bytes. A worker reads a frame from
+//! a TAP queue into a buffer with [`HEADROOM`] bytes free in front (the core writes
+//! outer VXLAN headers there), calls [`forward_one`], and that function performs the
+//! returned [`Action`] through an [`Egress`] — the only place that knows how a port
+//! or the underlay is written. Spans returned by the core are bounds-checked here, so
+//! a datapath bug becomes a counted error, not a panic in the agent. `Forwarder` is
+//! the one method of the core `Datapath` this needs, which keeps the loop testable
+//! with a scripted forwarder and independent of the datapath's construction.
+
+use std::io;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use podwire_core::datapath::{Action, Ingress, Span};
+use podwire_core::ids::PortId;
+use podwire_core::Instant;
+
+use super::tap::VNET_HDR_LEN;
+
+/// Bytes kept free before each frame for outer headers (VXLAN over IPv6 needs 70,
+/// the core requires at least 64).
+pub const HEADROOM: usize = 128;
+
+/// A frame buffer: headroom plus the largest frame a TAP hands over (64 KiB GSO
+/// segments once offloads are on).
+pub const BUFFER_LEN: usize = HEADROOM + 65536;
+
+/// The core's packet function.
+pub trait Forwarder {
+    /// Processes `buf[frame]` that entered at `ingress`.
+    fn process(&mut self, now: Instant, ingress: Ingress, buf: &mut [u8], frame: Span) -> Action;
+
+    /// Periodic housekeeping (connection-tracking expiry), about once a second.
+    fn tick(&mut self, _now: Instant) {}
+}
+
+/// Where frames leave.
+pub trait Egress {
+    /// Writes an Ethernet frame to local port `port`.
+    fn to_port(&mut self, port: PortId, frame: &[u8]) -> io::Result<()>;
+    /// Sends a VXLAN payload to `remote` from UDP source port `source_port`.
+    fn to_underlay(
+        &mut self,
+        remote: SocketAddr,
+        source_port: u16,
+        payload: &[u8],
+    ) -> io::Result<()>;
+}
+
+/// What happened to a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The core's action was carried out.
+    Sent(Action),
+    /// The core dropped it (and counted the reason).
+    Dropped(Action),
+    /// The action named bytes outside the buffer (a datapath bug; nothing sent).
+    BadSpan(Action),
+}
+
+/// Runs one frame through `fwd` and performs the action on `egress`.
+pub fn forward_one<F: Forwarder, E: Egress>(
+    fwd: &mut F,
+    now: Instant,
+    ingress: Ingress,
+    buf: &mut [u8],
+    frame: Span,
+    egress: &mut E,
+) -> io::Result<Outcome> {
+    let action = fwd.process(now, ingress, buf, frame);
+    let bytes = |span: Span| {
+        span.start
+            .checked_add(span.len)
+            .and_then(|end| buf.get(span.start..end))
+    };
+    match action {
+        Action::Drop(_) => Ok(Outcome::Dropped(action)),
+        Action::Deliver { port, frame } => match bytes(frame) {
+            Some(b) => egress.to_port(port, b).map(|_| Outcome::Sent(action)),
+            None => Ok(Outcome::BadSpan(action)),
+        },
+        Action::Encap(e) => match bytes(e.udp_payload) {
+            Some(b) => egress
+                .to_underlay(SocketAddr::new(e.remote, e.remote_port), e.source_port, b)
+                .map(|_| Outcome::Sent(action)),
+            None => Ok(Outcome::BadSpan(action)),
+        },
+        Action::Reply { frame } => match (bytes(frame), ingress) {
+            (None, _) => Ok(Outcome::BadSpan(action)),
+            (Some(b), Ingress::Port(p)) => egress.to_port(p, b).map(|_| Outcome::Sent(action)),
+            (
+                Some(b),
+                Ingress::Underlay {
+                    source,
+                    source_port,
+                },
+            ) => egress
+                .to_underlay(SocketAddr::new(source, source_port), 0, b)
+                .map(|_| Outcome::Sent(action)),
+        },
+    }
+}
+
+/// Reads one frame from a TAP queue opened with `IFF_VNET_HDR` into `buf`, leaving
+/// [`HEADROOM`] bytes in front of it. `Ok(None)` when the queue has nothing
+/// (non-blocking) or the frame is a GSO/partial-checksum frame the current offload
+/// settings should never produce.
+pub fn read_frame(queue: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<Span>> {
+    let Some(dst) = buf.get_mut(HEADROOM - VNET_HDR_LEN..) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "buffer too small",
+        ));
+    };
+    // SAFETY: `dst` is a valid, writable slice for its whole length.
+    let n = unsafe { libc::read(queue.as_raw_fd(), dst.as_mut_ptr().cast(), dst.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock => Ok(None),
+            _ => Err(e),
+        };
+    }
+    let n = n as usize;
+    if n < VNET_HDR_LEN {
+        return Ok(None);
+    }
+    let hdr = &dst[..VNET_HDR_LEN];
+    // virtio_net_hdr: flags (1), gso_type (1), ...; with offloads off both are 0.
+    if hdr[0] != 0 || hdr[1] != 0 {
+        return Ok(None);
+    }
+    Ok(Some(Span {
+        start: HEADROOM,
+        len: n - VNET_HDR_LEN,
+    }))
+}
+
+/// Writes one frame to a TAP queue opened with `IFF_VNET_HDR` (with an all-zero
+/// header: no offload, checksums complete).
+pub fn write_frame(queue: &OwnedFd, frame: &[u8]) -> io::Result<()> {
+    let hdr = [0u8; VNET_HDR_LEN];
+    let iov = [IoSlice::new(&hdr), IoSlice::new(frame)];
+    // SAFETY: both slices are valid for reads for their lengths; `IoSlice` is
+    // ABI-compatible with `struct iovec`.
+    let n = unsafe { libc::writev(queue.as_raw_fd(), iov.as_ptr().cast(), 2) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podwire_core::datapath::{DropReason, Encapsulated};
+    use podwire_core::ids::NodeId;
+
+    /// A scripted forwarder: returns the queued actions in order.
+    struct Script(Vec<Action>);
+    impl Forwarder for Script {
+        fn process(&mut self, _: Instant, _: Ingress, _: &mut [u8], _: Span) -> Action {
+            self.0.remove(0)
+        }
+    }
+
+    #[derive(Default)]
+    struct Sink {
+        ports: Vec<(PortId, Vec<u8>)>,
+        underlay: Vec<(SocketAddr, u16, Vec<u8>)>,
+    }
+    impl Egress for Sink {
+        fn to_port(&mut self, port: PortId, frame: &[u8]) -> io::Result<()> {
+            self.ports.push((port, frame.to_vec()));
+            Ok(())
+        }
+        fn to_underlay(&mut self, r: SocketAddr, sp: u16, p: &[u8]) -> io::Result<()> {
+            self.underlay.push((r, sp, p.to_vec()));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn actions_are_carried_out_on_the_named_span() {
+        let mut buf = vec![0u8; 256];
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let span = |start, len| Span { start, len };
+        let remote = "192.168.50.12".parse().unwrap();
+        let mut fwd = Script(vec![
+            Action::Deliver {
+                port: PortId(3),
+                frame: span(128, 4),
+            },
+            Action::Encap(Encapsulated {
+                node: NodeId(1),
+                remote,
+                remote_port: 8472,
+                source_port: 40000,
+                outer_frame: span(78, 60),
+                udp_payload: span(120, 8),
+            }),
+            Action::Reply {
+                frame: span(128, 2),
+            },
+            Action::Drop(DropReason::NoRoute),
+            Action::Deliver {
+                port: PortId(1),
+                frame: span(250, 10),
+            },
+            Action::Deliver {
+                port: PortId(1),
+                frame: span(usize::MAX, 10),
+            },
+        ]);
+        let mut sink = Sink::default();
+        let now = Instant::from_millis(0);
+        let ing = Ingress::Port(PortId(2));
+        let f = span(128, 20);
+        let mut run = |fwd: &mut Script, sink: &mut Sink| {
+            forward_one(fwd, now, ing, &mut buf, f, sink).unwrap()
+        };
+        assert!(matches!(run(&mut fwd, &mut sink), Outcome::Sent(_)));
+        assert!(matches!(run(&mut fwd, &mut sink), Outcome::Sent(_)));
+        assert!(matches!(run(&mut fwd, &mut sink), Outcome::Sent(_)));
+        assert!(matches!(run(&mut fwd, &mut sink), Outcome::Dropped(_)));
+        assert!(matches!(run(&mut fwd, &mut sink), Outcome::BadSpan(_)));
+        assert!(matches!(run(&mut fwd, &mut sink), Outcome::BadSpan(_)));
+        assert_eq!(sink.ports[0], (PortId(3), vec![128, 129, 130, 131]));
+        assert_eq!(sink.ports[1], (PortId(2), vec![128, 129]));
+        assert_eq!(sink.ports.len(), 2);
+        assert_eq!(sink.underlay[0].0, SocketAddr::new(remote, 8472));
+        assert_eq!(sink.underlay[0].1, 40000);
+        assert_eq!(sink.underlay[0].2, (120..128).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn frames_are_read_with_headroom_and_written_with_a_vnet_header() {
+        use crate::dataplane::tap::{Tap, TapOptions};
+        use crate::netlink::netns;
+        if !netns::is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        // In a private netns: an up TAP with an address; a UDP datagram to a
+        // neighbour makes the kernel send an ARP request out of the TAP.
+        netns::run_in_new_netns(|| {
+            let tap = Tap::create("pwfwd0", TapOptions::default())?;
+            let ip = |args: &[&str]| {
+                let ok = std::process::Command::new("ip")
+                    .args(args)
+                    .status()?
+                    .success();
+                assert!(ok, "ip {args:?}");
+                io::Result::Ok(())
+            };
+            ip(&["link", "set", "pwfwd0", "up"])?;
+            ip(&["addr", "add", "10.99.0.1/24", "dev", "pwfwd0"])?;
+            let sock = std::net::UdpSocket::bind("10.99.0.1:0")?;
+            sock.send_to(b"x", "10.99.0.2:9")?;
+            let q = &tap.queues()[0];
+            let mut buf = vec![0u8; BUFFER_LEN];
+            let mut got = None;
+            for _ in 0..200 {
+                if let Some(span) = read_frame(q, &mut buf)? {
+                    // Skip IPv6 router/MLD chatter; wait for the ARP request.
+                    if buf[span.range()].get(12..14) == Some(&[0x08, 0x06]) {
+                        got = Some(span);
+                        break;
+                    }
+                    continue;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let span = got.expect("no frame from the kernel");
+            assert_eq!(span.start, HEADROOM);
+            let frame = &buf[span.range()];
+            assert_eq!(&frame[0..6], &[0xff; 6], "broadcast ARP request");
+            assert_eq!(&frame[38..42], &[10, 99, 0, 2], "ARP target");
+            // Writing a frame back is accepted by the device.
+            write_frame(q, frame)?;
+            Ok(())
+        })
+        .unwrap();
+    }
+}

@@ -1,0 +1,328 @@
+//! The node's datapath: the core `Datapath` sized for a Linux node, running on a
+//! dataplane worker, and the control operations the agent performs on it.
+//!
+//! Design note: the core takes caller-owned storage; the agent allocates it once at
+//! start-up and leaks it (`'static`), because the datapath lives for the whole
+//! process and is moved onto its worker thread. Every table update is a closure sent
+//! to the worker ([`worker::Command::Apply`]), so the datapath is never shared or
+//! locked; a read (stats, drop counters) is a closure that answers on a channel.
+//! The route table holds: the gateway and the node's own address → host; each local
+//! pod /32 → its port; each remote node's pod CIDR → that node (VXLAN to its VTEP);
+//! and the default route → host (pods reach everything else through the node).
+
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::os::fd::OwnedFd;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use podwire_core::conntrack::{self, Bucket, ConnTrack, Entry};
+use podwire_core::datapath::{
+    Action, Datapath, DatapathConfig, DatapathStats, DatapathTables, Ingress, PortKind, PortTable,
+    Span,
+};
+use podwire_core::ids::{NodeId, PortId};
+use podwire_core::maglev::{self, MaglevScratch};
+use podwire_core::policy::{
+    EndpointPolicy, Identity, IpSlot, PolicyStorage, PolicyTable, PortRange, Prefix, Rule,
+};
+use podwire_core::route::{
+    GatewaySlot, Ipv4Prefix, NextHop, RouteEntry, RouteStorage, RouteTable, TrieNode,
+};
+use podwire_core::service::{
+    AffinitySlot, BackendSlot, FrontendSlot, ServiceSlot, ServiceStorage, ServiceTable,
+};
+use podwire_core::vxlan::{Vtep, VtepSlot, VtepTable, VxlanConfig};
+use podwire_core::wire::EthernetAddress;
+use podwire_core::Instant;
+
+use super::forward::Forwarder;
+use super::worker::{self, Command, WorkerHandle};
+
+/// Table sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    /// Local ports (host + pods).
+    pub ports: usize,
+    /// Routes.
+    pub routes: usize,
+    /// Remote nodes.
+    pub vteps: usize,
+    /// Tracked connections.
+    pub conntrack: usize,
+}
+
+impl Default for Sizes {
+    fn default() -> Self {
+        Sizes {
+            ports: 1024,
+            routes: 4096,
+            vteps: 256,
+            conntrack: 65536,
+        }
+    }
+}
+
+/// What the datapath needs to know about this node.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeSetup {
+    /// This node's id.
+    pub node: NodeId,
+    /// The node's pod CIDR.
+    pub pod_cidr: Ipv4Net,
+    /// The gateway (first address of the pod CIDR).
+    pub gateway: Ipv4Addr,
+    /// The node's underlay (InternalIP) address.
+    pub node_ip: Ipv4Addr,
+    /// The underlay MTU.
+    pub underlay_mtu: u16,
+    /// `podwire0`'s MAC (destination of frames to the host).
+    pub host_mac: [u8; 6],
+}
+
+/// A remote node as the datapath sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteNode {
+    /// Its id.
+    pub id: NodeId,
+    /// Its pod CIDR.
+    pub pod_cidr: Ipv4Net,
+    /// Its underlay address.
+    pub ip: Ipv4Addr,
+}
+
+fn leak<T: Clone>(value: T, n: usize) -> &'static mut [T] {
+    Box::leak(vec![value; n].into_boxed_slice())
+}
+
+fn prefix(net: Ipv4Net) -> Result<Ipv4Prefix, String> {
+    Ipv4Prefix::new(net.network(), net.prefix_len()).map_err(|e| format!("{net}: {e:?}"))
+}
+
+/// The router MAC of a node: locally administered, from its underlay address.
+pub fn router_mac(node_ip: Ipv4Addr) -> [u8; 6] {
+    let o = node_ip.octets();
+    [0x0e, 0x58, o[0], o[1], o[2], o[3]]
+}
+
+/// Builds the node's datapath over leaked storage of `sizes`.
+pub fn build(setup: &NodeSetup, sizes: Sizes) -> Result<Datapath<'static>, String> {
+    let layout = RouteTable::<Ipv4Addr>::layout(16, sizes.routes, 16);
+    let routes = RouteTable::new(RouteStorage {
+        direct: leak(0u32, layout.direct),
+        nodes: leak(TrieNode::default(), layout.nodes),
+        leaves: leak(0u32, layout.leaves),
+        routes: leak(RouteEntry::default(), layout.routes),
+        gateways: leak(GatewaySlot::default(), layout.gateways),
+    })
+    .map_err(|e| format!("route table: {e:?}"))?;
+    let maglev_size = 251u32;
+    let services = ServiceTable::new(
+        ServiceStorage {
+            services: leak(ServiceSlot::EMPTY, 64),
+            frontends: leak(FrontendSlot::EMPTY, 256),
+            backends: leak(BackendSlot::EMPTY, 512),
+            maglev: leak(0u16, 64 * maglev_size as usize),
+            scratch: leak(MaglevScratch::ZERO, maglev::scratch_len(64)),
+            affinity: leak(AffinitySlot::EMPTY, 1024),
+        },
+        maglev_size,
+        setup.node,
+    )
+    .map_err(|e| format!("service table: {e:?}"))?;
+    let conntrack = ConnTrack::new(
+        leak(Bucket::EMPTY, conntrack::buckets_for(sizes.conntrack)),
+        leak(Entry::EMPTY, sizes.conntrack),
+        conntrack::Config::default(),
+    )
+    .map_err(|e| format!("conntrack: {e:?}"))?;
+    let policy = PolicyTable::new(PolicyStorage {
+        addresses: leak(IpSlot::EMPTY, 4096),
+        endpoint_policies: leak(EndpointPolicy::default(), 256),
+        rules: leak(Rule::EMPTY, 1024),
+        ports: leak(PortRange::ANY, 1024),
+        peers: leak(Identity(0), 4096),
+        prefixes: leak(Prefix::EMPTY, 256),
+    });
+    let router = EthernetAddress(router_mac(setup.node_ip));
+    let mut vxlan = VxlanConfig::new(IpAddr::V4(setup.node_ip), router);
+    vxlan.underlay_mtu = setup.underlay_mtu;
+    let config = DatapathConfig {
+        node: setup.node,
+        router_mac: router,
+        gateway: setup.gateway,
+        pod_cidr: prefix(setup.pod_cidr)?,
+        vxlan,
+        flow_seed: 0x706f_6477_6972_6521,
+    };
+    let tables = DatapathTables {
+        ports: PortTable::new(leak(None, sizes.ports)),
+        routes,
+        vteps: VtepTable::new(leak(VtepSlot::EMPTY, sizes.vteps)),
+        services,
+        conntrack,
+        policy,
+    };
+    let mut dp = Datapath::new(config, tables);
+    dp.ports_mut()
+        .set(
+            super::ports::HOST_PORT,
+            PortKind::Host {
+                mac: EthernetAddress(setup.host_mac),
+            },
+        )
+        .map_err(|e| format!("host port: {e:?}"))?;
+    let r = dp.routes_mut();
+    for (p, hop) in [
+        (Ipv4Prefix::host(setup.gateway), NextHop::Host),
+        (Ipv4Prefix::host(setup.node_ip), NextHop::Host),
+        (
+            prefix("0.0.0.0/0".parse().expect("literal"))?,
+            NextHop::Host,
+        ),
+    ] {
+        r.insert(p, hop).map_err(|e| format!("route: {e:?}"))?;
+    }
+    Ok(dp)
+}
+
+impl Forwarder for Datapath<'static> {
+    fn process(&mut self, now: Instant, ingress: Ingress, buf: &mut [u8], frame: Span) -> Action {
+        Datapath::process(self, now, ingress, buf, frame)
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.conntrack_mut().expire(now, 4096);
+    }
+}
+
+/// A snapshot of the datapath's counters.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// What it did.
+    pub stats: DatapathStats,
+    /// The non-zero drop counters by reason name.
+    pub drops: Vec<(&'static str, u64)>,
+    /// The worker's frame counters.
+    pub worker: worker::Counters,
+}
+
+/// The running dataplane: a worker thread owning the node's datapath.
+pub struct Dataplane {
+    worker: WorkerHandle<Datapath<'static>>,
+    remote: Vec<RemoteNode>,
+}
+
+impl Dataplane {
+    /// Builds the datapath and starts its worker with the host port's queue and the
+    /// underlay socket (if one could be bound).
+    pub fn start(
+        setup: &NodeSetup,
+        sizes: Sizes,
+        host_queue: OwnedFd,
+        underlay: Option<UdpSocket>,
+    ) -> Result<Dataplane, String> {
+        let dp = build(setup, sizes)?;
+        let worker = worker::spawn(dp, underlay).map_err(|e| e.to_string())?;
+        worker
+            .send(Command::AddPort(super::ports::HOST_PORT, host_queue))
+            .map_err(|e| e.to_string())?;
+        Ok(Dataplane {
+            worker,
+            remote: Vec::new(),
+        })
+    }
+
+    fn apply(&self, f: impl FnOnce(&mut Datapath<'static>) + Send + 'static) {
+        if let Err(e) = self.worker.send(Command::Apply(Box::new(f))) {
+            tracing::error!(error = %e, "dataplane worker");
+        }
+    }
+
+    /// Registers a pod port: its identity for anti-spoofing, its /32 route, its queue.
+    pub fn add_pod(&self, port: PortId, ip: Ipv4Addr, mac: [u8; 6], queue: OwnedFd) {
+        self.apply(move |dp| {
+            if let Err(e) = dp.ports_mut().set(
+                port,
+                PortKind::Pod {
+                    ip,
+                    mac: EthernetAddress(mac),
+                },
+            ) {
+                tracing::error!(port = port.0, error = ?e, "datapath port table");
+            }
+            if let Err(e) = dp
+                .routes_mut()
+                .insert(Ipv4Prefix::host(ip), NextHop::Port(port))
+            {
+                tracing::error!(%ip, error = ?e, "datapath route table");
+            }
+        });
+        if let Err(e) = self.worker.send(Command::AddPort(port, queue)) {
+            tracing::error!(error = %e, "dataplane worker");
+        }
+    }
+
+    /// Unregisters a pod port (its queue is closed by the worker).
+    pub fn remove_pod(&self, port: PortId, ip: Ipv4Addr) {
+        self.apply(move |dp| {
+            let _ = dp.routes_mut().remove(Ipv4Prefix::host(ip));
+            dp.ports_mut().remove(port);
+        });
+        if let Err(e) = self.worker.send(Command::RemovePort(port)) {
+            tracing::error!(error = %e, "dataplane worker");
+        }
+    }
+
+    /// Makes the remote nodes (routes to their pod CIDRs, their VTEPs) exactly `nodes`.
+    pub fn set_remote_nodes(&mut self, nodes: Vec<RemoteNode>) {
+        if nodes == self.remote {
+            return;
+        }
+        let old = std::mem::replace(&mut self.remote, nodes.clone());
+        self.apply(move |dp| {
+            for n in &old {
+                if let Ok(p) = prefix(n.pod_cidr) {
+                    let _ = dp.routes_mut().remove(p);
+                }
+                dp.vteps_mut().remove(n.id);
+            }
+            for n in &nodes {
+                let vtep = Vtep {
+                    node: n.id,
+                    ip: IpAddr::V4(n.ip),
+                    mac: EthernetAddress(router_mac(n.ip)),
+                };
+                if let Err(e) = dp.vteps_mut().insert(vtep) {
+                    tracing::error!(node = n.id.0, error = ?e, "datapath VTEP table");
+                }
+                match prefix(n.pod_cidr) {
+                    Ok(p) => {
+                        if let Err(e) = dp.routes_mut().insert(p, NextHop::Node(n.id)) {
+                            tracing::error!(cidr = %n.pod_cidr, error = ?e, "datapath route table");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "remote pod CIDR"),
+                }
+            }
+        });
+    }
+
+    /// The datapath's counters (waits up to a second for the worker).
+    pub fn stats(&self) -> Option<Stats> {
+        let (tx, rx) = mpsc::channel();
+        self.apply(move |dp| {
+            let _ = tx.send(Stats {
+                stats: dp.stats(),
+                drops: dp
+                    .drops()
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(r, n)| (r.name(), n))
+                    .collect(),
+                worker: Default::default(),
+            });
+        });
+        rx.recv_timeout(Duration::from_secs(1)).ok()
+    }
+}

@@ -1,0 +1,271 @@
+//! A dataplane worker: one OS thread that owns a [`Forwarder`] (the core datapath)
+//! and a set of TAP queues and the underlay socket, and moves every frame through
+//! [`forward_one`].
+//!
+//! Design note: the datapath is single-owner, allocation-free state, so it lives on
+//! its worker thread and is never locked. Everything that changes it — a port added
+//! by ADD, removed by DEL, a route or VTEP from a cluster reload — is sent as a
+//! [`Command`] over a channel and applied on the worker between frames
+//! ([`Command::Apply`] carries a closure over the forwarder, so the control API of the
+//! datapath is used as is, without a mirrored message enum). An eventfd wakes the
+//! `epoll` wait when commands arrive. Reads are batched per ready queue (level-
+//! triggered, at most [`BATCH`] frames per queue per turn, so one busy pod cannot
+//! starve the others). The clock is read once per turn and passed to the core.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use podwire_core::datapath::{Ingress, Span};
+use podwire_core::ids::PortId;
+use podwire_core::Instant;
+
+use super::forward::{
+    forward_one, read_frame, write_frame, Egress, Forwarder, Outcome, BUFFER_LEN, HEADROOM,
+};
+
+/// Frames read from one queue per turn.
+pub const BATCH: usize = 64;
+
+const WAKE: u64 = 1 << 32;
+const UNDERLAY: u64 = 1 << 33;
+
+/// A change for the worker, applied between frames.
+pub enum Command<F> {
+    /// Start reading and writing a port's TAP queue.
+    AddPort(PortId, OwnedFd),
+    /// Stop using a port (its queue is closed).
+    RemovePort(PortId),
+    /// Run a closure on the forwarder (datapath control: ports, routes, VTEPs...).
+    Apply(Box<dyn FnOnce(&mut F) + Send>),
+    /// Stop the worker and hand the forwarder back.
+    Stop,
+}
+
+/// Frame counters of a worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Frames read from ports and the underlay.
+    pub received: u64,
+    /// Actions carried out.
+    pub sent: u64,
+    /// Frames the core dropped (reasons are counted in the core).
+    pub dropped: u64,
+    /// Writes that failed, or actions naming a port the worker does not have.
+    pub egress_errors: u64,
+    /// Actions with out-of-buffer spans (a datapath bug).
+    pub bad_spans: u64,
+}
+
+/// The handle of a running worker.
+pub struct WorkerHandle<F> {
+    tx: mpsc::Sender<Command<F>>,
+    wake: std::sync::Arc<EventFd>,
+    thread: Option<JoinHandle<io::Result<(F, Counters)>>>,
+}
+
+impl<F: Forwarder + Send + 'static> WorkerHandle<F> {
+    /// Sends a command and wakes the worker.
+    pub fn send(&self, command: Command<F>) -> io::Result<()> {
+        self.tx
+            .send(command)
+            .map_err(|_| io::Error::other("dataplane worker stopped"))?;
+        self.wake.write(1).map_err(io::Error::from)?;
+        Ok(())
+    }
+
+    /// Stops the worker; returns the forwarder and the counters.
+    pub fn stop(mut self) -> io::Result<(F, Counters)> {
+        let _ = self.send(Command::Stop);
+        self.thread
+            .take()
+            .ok_or_else(|| io::Error::other("already stopped"))?
+            .join()
+            .map_err(|_| io::Error::other("dataplane worker panicked"))?
+    }
+}
+
+struct PortsEgress<'a> {
+    ports: &'a HashMap<PortId, OwnedFd>,
+    underlay: Option<&'a UdpSocket>,
+}
+
+impl Egress for PortsEgress<'_> {
+    fn to_port(&mut self, port: PortId, frame: &[u8]) -> io::Result<()> {
+        let q = self.ports.get(&port).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("no port {}", port.0))
+        })?;
+        write_frame(q, frame)
+    }
+
+    fn to_underlay(
+        &mut self,
+        remote: SocketAddr,
+        _source_port: u16,
+        payload: &[u8],
+    ) -> io::Result<()> {
+        // A socket bound to the VXLAN port sends from that port; per-flow source
+        // ports (ECMP entropy) need one socket per port or a raw socket: later.
+        let s = self
+            .underlay
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no underlay socket"))?;
+        s.send_to(payload, remote).map(|_| ())
+    }
+}
+
+/// Starts a worker thread around `forwarder`, with an optional underlay UDP socket
+/// (bound to the node IP and the VXLAN port).
+pub fn spawn<F: Forwarder + Send + 'static>(
+    forwarder: F,
+    underlay: Option<UdpSocket>,
+) -> io::Result<WorkerHandle<F>> {
+    let (tx, rx) = mpsc::channel();
+    let wake = std::sync::Arc::new(
+        EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(io::Error::from)?,
+    );
+    let wake2 = wake.clone();
+    if let Some(u) = &underlay {
+        u.set_nonblocking(true)?;
+    }
+    let thread = std::thread::Builder::new()
+        .name("podwire-dataplane".into())
+        .spawn(move || run(forwarder, underlay, rx, &wake2))?;
+    Ok(WorkerHandle {
+        tx,
+        wake,
+        thread: Some(thread),
+    })
+}
+
+fn run<F: Forwarder>(
+    mut fwd: F,
+    underlay: Option<UdpSocket>,
+    rx: mpsc::Receiver<Command<F>>,
+    wake: &EventFd,
+) -> io::Result<(F, Counters)> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io::Error::from)?;
+    epoll
+        .add(wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKE))
+        .map_err(io::Error::from)?;
+    if let Some(u) = &underlay {
+        epoll
+            .add(u.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, UNDERLAY))
+            .map_err(io::Error::from)?;
+    }
+    let mut ports: HashMap<PortId, OwnedFd> = HashMap::new();
+    let mut counters = Counters::default();
+    let mut buf = vec![0u8; BUFFER_LEN];
+    let mut events = vec![EpollEvent::empty(); 64];
+    let start = std::time::Instant::now();
+    let mut last_tick = start;
+    loop {
+        let n = match epoll.wait(&mut events, EpollTimeout::from(1000u16)) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let now = Instant::from_micros(start.elapsed().as_micros() as i64);
+        if last_tick.elapsed() >= std::time::Duration::from_secs(1) {
+            last_tick = std::time::Instant::now();
+            fwd.tick(now);
+        }
+        for ev in &events[..n] {
+            match ev.data() {
+                WAKE => {
+                    let _ = wake.read();
+                    while let Ok(cmd) = rx.try_recv() {
+                        match cmd {
+                            Command::AddPort(id, q) => {
+                                epoll
+                                    .add(
+                                        q.as_fd(),
+                                        EpollEvent::new(EpollFlags::EPOLLIN, u64::from(id.0)),
+                                    )
+                                    .map_err(io::Error::from)?;
+                                if let Some(old) = ports.insert(id, q) {
+                                    let _ = epoll.delete(old.as_fd());
+                                }
+                            }
+                            Command::RemovePort(id) => {
+                                if let Some(q) = ports.remove(&id) {
+                                    let _ = epoll.delete(q.as_fd());
+                                }
+                            }
+                            Command::Apply(f) => f(&mut fwd),
+                            Command::Stop => return Ok((fwd, counters)),
+                        }
+                    }
+                }
+                UNDERLAY => {
+                    let Some(u) = &underlay else { continue };
+                    for _ in 0..BATCH {
+                        let (len, from) = match u.recv_from(&mut buf[HEADROOM..]) {
+                            Ok(x) => x,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(_) => break,
+                        };
+                        counters.received += 1;
+                        let ingress = Ingress::Underlay {
+                            source: from.ip(),
+                            source_port: from.port(),
+                        };
+                        let mut egress = PortsEgress {
+                            ports: &ports,
+                            underlay: underlay.as_ref(),
+                        };
+                        let span = Span {
+                            start: HEADROOM,
+                            len,
+                        };
+                        tally(
+                            &mut counters,
+                            forward_one(&mut fwd, now, ingress, &mut buf, span, &mut egress),
+                        );
+                    }
+                }
+                token => {
+                    let id = PortId(token as u16);
+                    for _ in 0..BATCH {
+                        let Some(q) = ports.get(&id) else { break };
+                        let span = match read_frame(q, &mut buf) {
+                            Ok(Some(s)) => s,
+                            Ok(None) => break,
+                            Err(_) => break,
+                        };
+                        counters.received += 1;
+                        let mut egress = PortsEgress {
+                            ports: &ports,
+                            underlay: underlay.as_ref(),
+                        };
+                        tally(
+                            &mut counters,
+                            forward_one(
+                                &mut fwd,
+                                now,
+                                Ingress::Port(id),
+                                &mut buf,
+                                span,
+                                &mut egress,
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn tally(c: &mut Counters, r: io::Result<Outcome>) {
+    match r {
+        Ok(Outcome::Sent(_)) => c.sent += 1,
+        Ok(Outcome::Dropped(_)) => c.dropped += 1,
+        Ok(Outcome::BadSpan(_)) => c.bad_spans += 1,
+        Err(_) => c.egress_errors += 1,
+    }
+}
