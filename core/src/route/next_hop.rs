@@ -36,6 +36,11 @@ pub struct GatewaySlot {
     refs: u32,
 }
 
+impl GatewaySlot {
+    /// An unused slot (for static storage: `[GatewaySlot::EMPTY; n]`).
+    pub const EMPTY: GatewaySlot = GatewaySlot { addr: 0, refs: 0 };
+}
+
 /// The "no route" leaf.
 pub(crate) const CODE_NONE: u32 = 0;
 const TAG_SHIFT: u32 = 16;

@@ -45,6 +45,16 @@ pub struct TrieNode {
     base1: u32,
 }
 
+impl TrieNode {
+    /// An unused node (for static storage: `[TrieNode::EMPTY; n]`).
+    pub const EMPTY: TrieNode = TrieNode {
+        vector: 0,
+        leafvec: 0,
+        base0: 0,
+        base1: 0,
+    };
+}
+
 /// One route of the RIB (caller-owned storage; fields private).
 pub struct RouteEntry<A: RouteAddress> {
     key: A::Key,
@@ -80,6 +90,12 @@ impl<A: RouteAddress> fmt::Debug for RouteEntry<A> {
 }
 
 impl<A: RouteAddress> RouteEntry<A> {
+    /// An unused slot (for static storage: `[RouteEntry::EMPTY; n]`).
+    pub const EMPTY: Self = RouteEntry {
+        key: A::Key::ZERO,
+        meta: 0,
+    };
+
     #[inline(always)]
     fn len(&self) -> u32 {
         self.meta >> LEN_SHIFT

@@ -500,3 +500,62 @@ fn suggested_direct_bits() {
     assert_eq!(RouteLayout::suggested_direct_bits(1 << 20), 18);
     assert_eq!(RouteLayout::suggested_direct_bits(usize::MAX), 18);
 }
+
+/// Storage built from the `EMPTY` constants in a `static`-like const context works like
+/// any other, and the constants are the all-zero defaults (so such statics land in
+/// `.bss`).
+#[test]
+fn const_empty_storage_for_statics() {
+    const ROUTES: usize = 8;
+    const NODES: usize = ROUTES * 4;
+    const LEAVES: usize = ROUTES * 6;
+    assert_eq!(TrieNode::EMPTY, TrieNode::default());
+    assert_eq!(GatewaySlot::EMPTY, GatewaySlot::default());
+    assert_eq!(
+        std::format!("{:?}", RouteEntry::<Ipv4Addr>::EMPTY),
+        std::format!("{:?}", RouteEntry::<Ipv4Addr>::default())
+    );
+    let layout = Ipv4RouteTable::layout(8, ROUTES, 2);
+    assert_eq!((layout.nodes, layout.leaves), (NODES, LEAVES));
+    let mut direct = [0u32; 256];
+    let mut nodes = [TrieNode::EMPTY; NODES];
+    let mut leaves = [0u32; LEAVES];
+    let mut routes = [RouteEntry::EMPTY; ROUTES];
+    let mut gateways = [GatewaySlot::EMPTY; 2];
+    let mut t = RouteTable::new(RouteStorage {
+        direct: &mut direct,
+        nodes: &mut nodes,
+        leaves: &mut leaves,
+        routes: &mut routes,
+        gateways: &mut gateways,
+    })
+    .unwrap();
+    let p = |a, l| Ipv4Prefix::new(a, l).unwrap();
+    t.insert(
+        p(Ipv4Addr::new(10, 244, 2, 0), 24),
+        NextHop::Node(NodeId(2)),
+    )
+    .unwrap();
+    t.insert(
+        p(Ipv4Addr::new(10, 244, 2, 7), 32),
+        NextHop::Port(PortId(3)),
+    )
+    .unwrap();
+    t.insert(
+        p(Ipv4Addr::UNSPECIFIED, 0),
+        NextHop::Gateway(Ipv4Addr::new(192, 0, 2, 1)),
+    )
+    .unwrap();
+    assert_eq!(
+        t.lookup(Ipv4Addr::new(10, 244, 2, 9)),
+        Some(NextHop::Node(NodeId(2)))
+    );
+    assert_eq!(
+        t.lookup(Ipv4Addr::new(10, 244, 2, 7)),
+        Some(NextHop::Port(PortId(3)))
+    );
+    assert_eq!(
+        t.lookup(Ipv4Addr::new(8, 8, 8, 8)),
+        Some(NextHop::Gateway(Ipv4Addr::new(192, 0, 2, 1)))
+    );
+}
