@@ -132,11 +132,8 @@ fn identity_of(pod_index: usize) -> Identity {
 /// The node under test with realistic tables (see the module documentation).
 fn node_under_test() -> Datapath<'static> {
     let prefixes = 1 + PODS + NODES;
-    let layout = RouteTable::<Ipv4Addr>::layout(
-        RouteLayout::suggested_direct_bits(prefixes),
-        prefixes,
-        4,
-    );
+    let layout =
+        RouteTable::<Ipv4Addr>::layout(RouteLayout::suggested_direct_bits(prefixes), prefixes, 4);
     let routes = RouteTable::new(RouteStorage {
         direct: leak(0u32, layout.direct),
         nodes: leak(TrieNode::default(), layout.nodes),
@@ -333,10 +330,7 @@ fn add_policy(dp: &mut Datapath<'static>) {
         .unwrap();
     }
     let ingress = t.finish_rule_set(Some(PolicyId(1)));
-    for (index, (peers, ports)) in [(any_pod, web), (anywhere, dns)]
-        .into_iter()
-        .enumerate()
-    {
+    for (index, (peers, ports)) in [(any_pod, web), (anywhere, dns)].into_iter().enumerate() {
         t.push_rule(&RuleSpec {
             policy: PolicyId(2),
             index: index as u16,
@@ -460,50 +454,72 @@ fn from_overlay(node: usize, inner: &[u8], ident: u16) -> Vec<u8> {
     buf[e.frame()].to_vec()
 }
 
-/// One frame to feed the datapath over and over: its buffer (headroom + frame +
-/// slack), and the pristine frame bytes.
-struct Frame {
-    buf: Vec<u8>,
+/// Buffer slot size of the pools: headroom + the largest frame (1504) + slack.
+const STRIDE: usize = 2048;
+/// Record size of the compact pristine-header copies (the largest reset is 104).
+const HEADER_STRIDE: usize = 128;
+
+/// One kind of input frame for every connection, laid out like a shell's buffer pool:
+/// connection `f`'s buffer is `bytes[f * STRIDE..(f + 1) * STRIDE]`, its frame at
+/// offset [`HEADROOM`]. `pristine` holds the original frames in the same layout (the
+/// source of the full copy), `headers` their first `reset_len` bytes, compactly (the
+/// source of the header reset).
+struct Pool {
+    bytes: Vec<u8>,
     pristine: Vec<u8>,
+    headers: Vec<u8>,
+    lens: Vec<usize>,
     /// How many leading frame bytes `process` may change.
     reset_len: usize,
 }
 
-impl Frame {
-    fn new(frame: Vec<u8>, reset_len: usize) -> Frame {
-        let mut buf = vec![0u8; HEADROOM];
-        buf.extend_from_slice(&frame);
-        buf.extend_from_slice(&[0u8; 64]);
-        Frame {
-            buf,
-            pristine: frame,
+impl Pool {
+    fn new(reset_len: usize) -> Pool {
+        assert!(reset_len <= HEADER_STRIDE);
+        Pool {
+            bytes: Vec::new(),
+            pristine: Vec::new(),
+            headers: Vec::new(),
+            lens: Vec::new(),
             reset_len,
         }
     }
 
-    fn span(&self) -> Span {
-        Span {
-            start: HEADROOM,
-            len: self.pristine.len(),
-        }
+    fn push(&mut self, frame: &[u8]) {
+        assert!(HEADROOM + frame.len() <= STRIDE);
+        let mut slot = vec![0u8; STRIDE];
+        slot[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+        self.bytes.extend_from_slice(&slot);
+        self.pristine.extend_from_slice(&slot);
+        let mut header = [0u8; HEADER_STRIDE];
+        header[..self.reset_len].copy_from_slice(&frame[..self.reset_len]);
+        self.headers.extend_from_slice(&header);
+        self.lens.push(frame.len());
     }
 
-    /// Restores the bytes `process` may have changed.
+    /// Connection `f`'s buffer and the frame's span in it.
     #[inline(always)]
-    fn reset_headers(&mut self) {
-        let n = self.reset_len;
-        self.buf[HEADROOM..HEADROOM + n].copy_from_slice(&self.pristine[..n]);
+    fn slot(&mut self, f: usize) -> (&mut [u8], Span) {
+        let span = Span {
+            start: HEADROOM,
+            len: self.lens[f],
+        };
+        (&mut self.bytes[f * STRIDE..(f + 1) * STRIDE], span)
     }
-}
 
-/// The three input frames of one connection.
-struct Flow {
-    tx: Frame,
-    rx_socket: Frame,
-    rx_raw: Frame,
-    /// The remote node's underlay address (the socket's source address).
-    source: IpAddr,
-    port: PortId,
+    /// Restores the bytes of connection `f`'s frame that `process` may have changed.
+    #[inline(always)]
+    fn reset_headers(&mut self, f: usize) {
+        let n = self.reset_len;
+        let at = f * STRIDE + HEADROOM;
+        self.bytes[at..at + n].copy_from_slice(&self.headers[f * HEADER_STRIDE..][..n]);
+    }
+
+    /// Connection `f`'s original frame.
+    #[inline(always)]
+    fn pristine(&self, f: usize) -> &[u8] {
+        &self.pristine[f * STRIDE + HEADROOM..][..self.lens[f]]
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -514,6 +530,8 @@ enum Dir {
 }
 
 impl Dir {
+    const ALL: [Dir; 3] = [Dir::Tx, Dir::RxSocket, Dir::RxRaw];
+
     fn name(self) -> &'static str {
         match self {
             Dir::Tx => "tx",
@@ -553,9 +571,19 @@ struct Case {
     flows: usize,
 }
 
+/// Where connection `f`'s packets come in: the local pod's port (TX) and the remote
+/// node's underlay address (RX through the socket).
+#[derive(Clone, Copy)]
+struct FlowIngress {
+    port: PortId,
+    source: IpAddr,
+}
+
 struct Bench {
     dp: Datapath<'static>,
-    flows: Vec<Flow>,
+    /// Input frames by [`Dir`].
+    pools: [Pool; 3],
+    ingress: Vec<FlowIngress>,
     /// The visiting order: a fixed pseudo-random permutation of the connections.
     order: Vec<usize>,
     scratch: Vec<u8>,
@@ -564,20 +592,10 @@ struct Bench {
     unexpected: u64,
 }
 
-impl Flow {
-    fn frame(&mut self, dir: Dir) -> &mut Frame {
-        match dir {
-            Dir::Tx => &mut self.tx,
-            Dir::RxSocket => &mut self.rx_socket,
-            Dir::RxRaw => &mut self.rx_raw,
-        }
-    }
-}
-
 impl Bench {
-
+    #[inline(always)]
     fn ingress(&self, dir: Dir, f: usize) -> Ingress {
-        let flow = &self.flows[f];
+        let flow = self.ingress[f];
         match dir {
             Dir::Tx => Ingress::Port(flow.port),
             Dir::RxSocket => Ingress::Underlay {
@@ -601,17 +619,17 @@ impl Bench {
         let f = self.order[i % case.flows.min(self.order.len())];
         let ingress = self.ingress(case.dir, f);
         let now = self.now;
+        let pool = &mut self.pools[case.dir as usize];
         let action = match case.reset {
             Reset::Headers => {
-                let frame = self.flows[f].frame(case.dir);
-                frame.reset_headers();
-                let span = frame.span();
-                self.dp.process(now, ingress, &mut frame.buf, span)
+                pool.reset_headers(f);
+                let (buf, span) = pool.slot(f);
+                self.dp.process(now, ingress, buf, span)
             }
             Reset::Copy => {
-                let frame = self.flows[f].frame(case.dir);
-                let len = frame.pristine.len();
-                self.scratch[HEADROOM..HEADROOM + len].copy_from_slice(&frame.pristine);
+                let frame = pool.pristine(f);
+                let len = frame.len();
+                self.scratch[HEADROOM..HEADROOM + len].copy_from_slice(frame);
                 let span = Span {
                     start: HEADROOM,
                     len,
@@ -619,15 +637,14 @@ impl Bench {
                 self.dp.process(now, ingress, &mut self.scratch, span)
             }
             Reset::HeadersOnly => {
-                let frame = self.flows[f].frame(case.dir);
-                frame.reset_headers();
-                black_box(&mut frame.buf);
+                pool.reset_headers(f);
+                black_box(pool.slot(f));
                 return;
             }
             Reset::CopyOnly => {
-                let frame = self.flows[f].frame(case.dir);
-                let len = frame.pristine.len();
-                self.scratch[HEADROOM..HEADROOM + len].copy_from_slice(&frame.pristine);
+                let frame = pool.pristine(f);
+                let len = frame.len();
+                self.scratch[HEADROOM..HEADROOM + len].copy_from_slice(frame);
                 black_box(&mut self.scratch);
                 return;
             }
@@ -667,10 +684,26 @@ impl Bench {
     }
 }
 
+/// Processes one frame in a fresh buffer at `T0` and returns the action.
+fn once(dp: &mut Datapath<'static>, ingress: Ingress, frame: &[u8]) -> Action {
+    let mut buf = vec![0u8; HEADROOM + frame.len() + 64];
+    buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+    let span = Span {
+        start: HEADROOM,
+        len: frame.len(),
+    };
+    dp.process(T0, ingress, &mut buf, span)
+}
+
 /// Sets up the node and opens every connection with a handshake through the datapath.
 fn setup() -> Bench {
     let mut dp = node_under_test();
-    let mut flows = Vec::with_capacity(FLOWS);
+    let mut pools = [
+        Pool::new(INNER_HEADERS),
+        Pool::new(8 + INNER_HEADERS),
+        Pool::new(IPV4_OVERHEAD + INNER_HEADERS),
+    ];
+    let mut ingress = Vec::with_capacity(FLOWS);
     for f in 0..FLOWS {
         let p = f % PODS;
         let node = 1 + (f / PODS) % NODES;
@@ -679,9 +712,18 @@ fn setup() -> Bench {
         let sport = 20_000 + (f / PODS) as u16;
         let dport = if p % 3 == 0 { 9090 } else { 8080 };
         let port = PortId(1 + p as u16);
-        let source = IpAddr::V4(remote_underlay(node));
-        let out =
-            |flags, len| tcp_frame(pod_mac(p), ROUTER_MAC, local, remote, sport, dport, flags, len);
+        let out = |flags, len| {
+            tcp_frame(
+                pod_mac(p),
+                ROUTER_MAC,
+                local,
+                remote,
+                sport,
+                dport,
+                flags,
+                len,
+            )
+        };
         let back = |flags, len| {
             tcp_frame(
                 remote_router_mac(node),
@@ -695,30 +737,25 @@ fn setup() -> Bench {
             )
         };
         // The handshake.
-        let mut syn = Frame::new(out(TCP_SYN, 0), INNER_HEADERS);
-        let span = syn.span();
-        let a = dp.process(T0, Ingress::Port(port), &mut syn.buf, span);
+        let a = once(&mut dp, Ingress::Port(port), &out(TCP_SYN, 0));
         assert!(matches!(a, Action::Encap(_)), "SYN of flow {f}: {a:?}");
-        let mut syn_ack = Frame::new(from_overlay(node, &back(TCP_SYN | TCP_ACK, 0), 1), 0);
-        let span = syn_ack.span();
-        let a = dp.process(T0, Ingress::Port(UNDERLAY_PORT), &mut syn_ack.buf, span);
+        let syn_ack = from_overlay(node, &back(TCP_SYN | TCP_ACK, 0), 1);
+        let a = once(&mut dp, Ingress::Port(UNDERLAY_PORT), &syn_ack);
         assert!(
             matches!(a, Action::Deliver { port: p2, .. } if p2 == port),
             "SYN-ACK of flow {f}: {a:?}"
         );
-        let mut ack = Frame::new(out(TCP_ACK, 0), INNER_HEADERS);
-        let span = ack.span();
-        let a = dp.process(T0, Ingress::Port(port), &mut ack.buf, span);
+        let a = once(&mut dp, Ingress::Port(port), &out(TCP_ACK, 0));
         assert!(matches!(a, Action::Encap(_)), "ACK of flow {f}: {a:?}");
 
+        // The data packets the benchmark sends.
         let raw = from_overlay(node, &back(TCP_ACK | TCP_PSH, PAYLOAD), f as u16);
-        let udp_payload = raw[42..].to_vec();
-        flows.push(Flow {
-            tx: Frame::new(out(TCP_ACK | TCP_PSH, PAYLOAD), INNER_HEADERS),
-            rx_socket: Frame::new(udp_payload, 8 + INNER_HEADERS),
-            rx_raw: Frame::new(raw, IPV4_OVERHEAD + INNER_HEADERS),
-            source,
+        pools[Dir::Tx as usize].push(&out(TCP_ACK | TCP_PSH, PAYLOAD));
+        pools[Dir::RxSocket as usize].push(&raw[42..]);
+        pools[Dir::RxRaw as usize].push(&raw);
+        ingress.push(FlowIngress {
             port,
+            source: IpAddr::V4(remote_underlay(node)),
         });
     }
     let ct = &dp.tables().conntrack;
@@ -737,12 +774,12 @@ fn setup() -> Bench {
         x ^= x << 17;
         order.swap(i, (x % (i as u64 + 1)) as usize);
     }
-    let max_len = flows.iter().map(|f| f.rx_raw.pristine.len()).max().unwrap();
     let mut bench = Bench {
         dp,
-        flows,
+        pools,
+        ingress,
         order,
-        scratch: vec![0u8; HEADROOM + max_len + 64],
+        scratch: vec![0u8; STRIDE],
         now: T0,
         unexpected: 0,
     };
@@ -753,19 +790,20 @@ fn setup() -> Bench {
 /// `process` must leave every byte past the reset region as it was: otherwise the
 /// header reset would not give each packet its original frame.
 fn check_reset_is_exact(b: &mut Bench) {
-    for dir in [Dir::Tx, Dir::RxSocket, Dir::RxRaw] {
+    for dir in Dir::ALL {
         for f in [0, 1, FLOWS / 2, FLOWS - 1] {
             let ingress = b.ingress(dir, f);
-            let frame = b.flows[f].frame(dir);
-            frame.reset_headers();
-            let span = frame.span();
-            let action = b.dp.process(T0, ingress, &mut frame.buf, span);
+            let pool = &mut b.pools[dir as usize];
+            pool.reset_headers(f);
+            let (buf, span) = pool.slot(f);
+            let action = b.dp.process(T0, ingress, buf, span);
             assert!(Bench::expected(dir, &action), "{} flow {f}", dir.name());
-            let frame = b.flows[f].frame(dir);
-            let n = frame.reset_len;
+            let n = pool.reset_len;
+            let (buf, span) = pool.slot(f);
+            let after = buf[span.start + n..span.start + span.len].to_vec();
             assert_eq!(
-                &frame.buf[HEADROOM + n..HEADROOM + frame.pristine.len()],
-                &frame.pristine[n..],
+                &after[..],
+                &pool.pristine(f)[n..],
                 "{}: process wrote past the reset region",
                 dir.name()
             );
@@ -790,16 +828,21 @@ fn main() {
         .and_then(|p| p.parse().ok())
         .unwrap_or(100_000);
     let mut summary = (0.0, 0.0, 0.0);
-    // For profiling: `DATAPATH_BENCH_FILTER=tx/1/headers` runs only the cases whose
-    // "dir/flows/reset" name contains the filter; `DATAPATH_BENCH_PACKETS` sets the
-    // packets per round.
+    // For profiling: `DATAPATH_BENCH_FILTER=tx/1/headers,rx_raw/1/copy` runs only the
+    // cases named (dir/flows/reset); `DATAPATH_BENCH_PACKETS` sets the packets per
+    // round.
     let filter = std::env::var("DATAPATH_BENCH_FILTER").unwrap_or_default();
     for flows in [FLOWS, 1000, 1] {
         let mut cases = Vec::new();
-        for dir in [Dir::Tx, Dir::RxSocket, Dir::RxRaw] {
-            for reset in [Reset::Headers, Reset::Copy, Reset::HeadersOnly, Reset::CopyOnly] {
+        for dir in Dir::ALL {
+            for reset in [
+                Reset::Headers,
+                Reset::Copy,
+                Reset::HeadersOnly,
+                Reset::CopyOnly,
+            ] {
                 let name = format!("{}/{}/{}", dir.name(), flows, reset.name());
-                if name.contains(&filter) {
+                if filter.is_empty() || filter.split(',').any(|f| f == name) {
                     cases.push(Case { dir, reset, flows });
                 }
             }
