@@ -934,3 +934,25 @@ fn encap_source_port_is_the_entropy_hash_of_the_inner_frame_as_sent() {
         assert_eq!(e.source_port, expected, "frame {i}");
     }
 }
+
+/// Found by the `datapath_process` fuzz target: a span whose end overflows `usize`
+/// panicked (arithmetic overflow) in `Span::range` instead of being dropped.
+#[test]
+fn a_span_beyond_the_address_space_is_dropped_not_a_panic() {
+    let (mut n1, _) = cluster();
+    let mut buf = [0u8; 8];
+    for span in [
+        Span {
+            start: 4,
+            len: usize::MAX,
+        },
+        Span {
+            start: usize::MAX,
+            len: 1,
+        },
+    ] {
+        let action = n1.process(T0, Ingress::Port(PORT_A), &mut buf, span);
+        assert_eq!(action, Action::Drop(DropReason::Truncated));
+    }
+    assert_eq!(n1.drops().get(DropReason::Truncated), 2);
+}
