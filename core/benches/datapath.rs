@@ -666,7 +666,7 @@ impl Bench {
         }
         for _ in 0..ROUNDS {
             for (c, case) in cases.iter().enumerate() {
-                self.now = self.now + podwire_core::Duration::from_millis(1);
+                self.now += podwire_core::Duration::from_millis(1);
                 let t = WallClock::now();
                 for i in 0..packets {
                     self.packet(*case, i);
