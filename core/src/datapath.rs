@@ -709,7 +709,10 @@ impl<'a> Datapath<'a> {
                 Some(port) => self.deliver_local(port, bytes, frame),
                 None => Action::Drop(DropReason::NoRoute),
             },
-            NextHop::Node(node) => self.encapsulate(node, buf, frame),
+            NextHop::Node(node) => {
+                let entropy = self.entropy(packet, &decided.translated);
+                self.encapsulate(node, buf, frame, entropy)
+            }
             NextHop::Gateway(next_hop) => self.route_direct(next_hop, bytes, frame),
             NextHop::Blackhole => Action::Drop(DropReason::Blackhole),
         };
@@ -787,19 +790,46 @@ impl<'a> Datapath<'a> {
         Action::Deliver { port, frame }
     }
 
+    /// The VXLAN entropy hash of the packet as it leaves (carrying `translated`), when
+    /// it can be had from the key: for TCP, UDP and SCTP packets that are not
+    /// fragments, [`crate::vxlan::inner_flow_hash`] of the frame is the flow hash of
+    /// its tuple. `None` (read the frame) otherwise.
+    fn entropy(&self, packet: &Ipv4Summary, translated: &FlowKey) -> Option<u64> {
+        let by_key = matches!(translated.protocol, PROTO_TCP | PROTO_UDP | PROTO_SCTP)
+            && !packet.more_fragments
+            && !packet.icmp_error;
+        by_key.then(|| {
+            FlowKey {
+                zone: 0,
+                ..*translated
+            }
+            .hash(self.config.vxlan.flow_seed)
+        })
+    }
+
     /// Encapsulates towards `node`'s VTEP. The inner frame goes from our VTEP (router)
-    /// MAC to the remote VTEP's MAC, as a kernel VXLAN device expects.
-    fn encapsulate(&mut self, node: NodeId, buf: &mut [u8], frame: Span) -> Action {
+    /// MAC to the remote VTEP's MAC, as a kernel VXLAN device expects. `entropy` is the
+    /// inner frame's flow hash if already known.
+    fn encapsulate(
+        &mut self,
+        node: NodeId,
+        buf: &mut [u8],
+        frame: Span,
+        entropy: Option<u64>,
+    ) -> Action {
         let Some(vtep) = self.tables.vteps.get(node).copied() else {
             return Action::Drop(DropReason::UnknownNode);
         };
         set_macs(&mut buf[frame.range()], vtep.mac, self.config.router_mac);
         self.ip_ident = self.ip_ident.wrapping_add(1);
-        match self
-            .config
-            .vxlan
-            .encapsulate(&vtep, buf, frame.start, frame.len, self.ip_ident)
-        {
+        let vxlan = &self.config.vxlan;
+        let encapsulated = match entropy {
+            Some(hash) => {
+                vxlan.encapsulate_with_hash(&vtep, buf, frame.start, frame.len, self.ip_ident, hash)
+            }
+            None => vxlan.encapsulate(&vtep, buf, frame.start, frame.len, self.ip_ident),
+        };
+        match encapsulated {
             Ok(e) => {
                 let payload = e.udp_payload();
                 Action::Encap(Encapsulated {

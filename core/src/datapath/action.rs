@@ -25,9 +25,11 @@ pub struct Span {
 }
 
 impl Span {
-    /// The span as a range, for slicing the buffer.
+    /// The span as a range, for slicing the buffer. The end saturates at `usize::MAX`
+    /// (a span that does not fit the address space is out of any buffer's bounds, so
+    /// `buf.get(span.range())` is `None` rather than an overflow).
     pub fn range(&self) -> core::ops::Range<usize> {
-        self.start..self.start + self.len
+        self.start..self.start.saturating_add(self.len)
     }
 }
 

@@ -10,9 +10,7 @@
 
 use core::net::{IpAddr, Ipv4Addr};
 
-use smoltcp::wire::{
-    EthernetFrame, EthernetProtocol, Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Packet,
-};
+use smoltcp::wire::{EthernetFrame, EthernetProtocol, Icmpv4Message, Icmpv4Packet, IpProtocol};
 
 use crate::datapath::DropReason;
 use crate::flow::{FlowKey, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
@@ -48,6 +46,8 @@ pub(crate) struct Ipv4Summary {
     pub dst: Ipv4Addr,
     /// Whether Don't Fragment is set.
     pub dont_fragment: bool,
+    /// Whether More Fragments is set (a first fragment: the parser drops the others).
+    pub more_fragments: bool,
     /// The flow this packet belongs to (for ICMP errors: the flow they report on, in
     /// the direction of this error).
     pub key: FlowKey,
@@ -79,25 +79,39 @@ pub(crate) fn parse_frame(frame: &[u8]) -> Result<Parsed, DropReason> {
 }
 
 /// Parses the IPv4 packet that follows an Ethernet header.
+///
+/// The header is read at fixed offsets rather than through smoltcp's `Ipv4Packet`
+/// (whose checksum loop adds 16-bit words one at a time): this is the per-packet path.
+/// The checks are smoltcp's `check_len` (at least 20 bytes, `20 <= IHL * 4 <= total
+/// length <= bytes present`), then the version, the header checksum and the fragment
+/// offset, with the same outcomes.
 fn parse_ipv4(frame: &[u8]) -> Result<Ipv4Summary, DropReason> {
-    let ip_bytes = &frame[ETHERNET_HEADER_LEN..];
-    let ip = Ipv4Packet::new_checked(ip_bytes).map_err(|_| DropReason::MalformedIpv4)?;
-    if ip.version() != 4 {
+    let ip = frame.get(ETHERNET_HEADER_LEN..).unwrap_or(&[]);
+    let Some(h) = ip.first_chunk::<20>() else {
+        return Err(DropReason::MalformedIpv4);
+    };
+    let header_len = usize::from(h[0] & 0x0f) * 4;
+    let total_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
+    if header_len < 20 || header_len > total_len || total_len > ip.len() || h[0] >> 4 != 4 {
         return Err(DropReason::MalformedIpv4);
     }
-    if !ip.verify_checksum() {
+    let header = ip.get(..header_len).unwrap_or(&[]);
+    if header_sum(header) != 0xffff {
         return Err(DropReason::BadIpv4Checksum);
     }
-    if ip.frag_offset() != 0 {
+    let flags_offset = u16::from_be_bytes([h[6], h[7]]);
+    if flags_offset & 0x1fff != 0 {
         return Err(DropReason::Fragment);
     }
-    let l4 = ETHERNET_HEADER_LEN + usize::from(ip.header_len());
-    let end = ETHERNET_HEADER_LEN + usize::from(ip.total_len());
-    let payload = &frame[l4..end];
-    let protocol = u8::from(ip.next_header());
+    let l4 = ETHERNET_HEADER_LEN + header_len;
+    let end = ETHERNET_HEADER_LEN + total_len;
+    let payload = frame.get(l4..end).unwrap_or(&[]);
+    let protocol = h[9];
+    let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
+    let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
     let mut key = FlowKey {
-        src: IpAddr::V4(ip.src_addr()),
-        dst: IpAddr::V4(ip.dst_addr()),
+        src: IpAddr::V4(src),
+        dst: IpAddr::V4(dst),
         src_port: 0,
         dst_port: 0,
         protocol,
@@ -107,17 +121,17 @@ fn parse_ipv4(frame: &[u8]) -> Result<Ipv4Summary, DropReason> {
     let mut icmp_error = false;
     match protocol {
         PROTO_TCP => {
-            if payload.len() < 20 {
+            let Some(tcp) = payload.first_chunk::<20>() else {
                 return Err(DropReason::MalformedTransport);
-            }
-            (key.src_port, key.dst_port) = ports(payload);
-            tcp_flags = payload[13];
+            };
+            (key.src_port, key.dst_port) = ports(tcp);
+            tcp_flags = tcp[13];
         }
         PROTO_UDP | PROTO_SCTP => {
-            if payload.len() < 8 {
+            let Some(l4) = payload.first_chunk::<8>() else {
                 return Err(DropReason::MalformedTransport);
-            }
-            (key.src_port, key.dst_port) = ports(payload);
+            };
+            (key.src_port, key.dst_port) = ports(l4);
         }
         PROTO_ICMP => {
             let icmp =
@@ -129,7 +143,7 @@ fn parse_ipv4(frame: &[u8]) -> Result<Ipv4Summary, DropReason> {
                     key.dst_port = id;
                 }
                 Icmpv4Message::DstUnreachable | Icmpv4Message::TimeExceeded => {
-                    key = embedded_flow(&payload[8..])?.reversed();
+                    key = embedded_flow(payload.get(8..).unwrap_or(&[]))?.reversed();
                     icmp_error = true;
                 }
                 _ => {}
@@ -141,22 +155,39 @@ fn parse_ipv4(frame: &[u8]) -> Result<Ipv4Summary, DropReason> {
         ip: ETHERNET_HEADER_LEN,
         l4,
         end,
-        src: ip.src_addr(),
-        dst: ip.dst_addr(),
-        dont_fragment: ip.dont_frag(),
+        src,
+        dst,
+        dont_fragment: flags_offset & 0x4000 != 0,
+        more_fragments: flags_offset & 0x2000 != 0,
         key,
         tcp_flags,
-        ttl: ip.hop_limit(),
+        ttl: h[8],
         icmp_error,
     })
 }
 
-/// The source and destination ports at the start of a TCP, UDP or SCTP header.
+/// The ones'-complement sum (folded, not complemented) of an IPv4 header, whose length
+/// is a multiple of 4: 32-bit words added into 64 bits and folded once, which gives
+/// the same 16-bit result as adding 16-bit words (2^16 ≡ 1 modulo 2^16 − 1). A correct
+/// header sums to 0xffff.
+fn header_sum(header: &[u8]) -> u16 {
+    let mut acc: u64 = 0;
+    for w in header.chunks_exact(4) {
+        acc += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// The source and destination ports at the start of a TCP, UDP or SCTP header (0, 0
+/// if it is shorter than 4 bytes; callers check the header length first).
 fn ports(l4: &[u8]) -> (u16, u16) {
-    (
-        u16::from_be_bytes([l4[0], l4[1]]),
-        u16::from_be_bytes([l4[2], l4[3]]),
-    )
+    let [a, b, c, d, ..] = *l4 else {
+        return (0, 0);
+    };
+    (u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]))
 }
 
 /// The flow of the packet embedded in an ICMP error: its IPv4 header and at least the
@@ -262,7 +293,71 @@ mod tests {
         assert_eq!(parse(&buf, span), Err(DropReason::UnsupportedEtherType));
     }
 
+    /// The checks of smoltcp's checked IPv4 view, which `parse_ipv4` reimplements at
+    /// fixed offsets: the outcome `parse_frame` must agree with.
+    fn smoltcp_verdict(frame: &[u8]) -> Result<(u8, u8, bool, usize), DropReason> {
+        use smoltcp::wire::Ipv4Packet;
+        let ip = Ipv4Packet::new_checked(&frame[ETHERNET_HEADER_LEN..])
+            .map_err(|_| DropReason::MalformedIpv4)?;
+        if ip.version() != 4 {
+            return Err(DropReason::MalformedIpv4);
+        }
+        if !ip.verify_checksum() {
+            return Err(DropReason::BadIpv4Checksum);
+        }
+        if ip.frag_offset() != 0 {
+            return Err(DropReason::Fragment);
+        }
+        Ok((
+            ip.hop_limit(),
+            u8::from(ip.next_header()),
+            ip.dont_frag(),
+            ETHERNET_HEADER_LEN + usize::from(ip.total_len()),
+        ))
+    }
+
     proptest::proptest! {
+        /// Mutations of a valid frame (a few bytes of the IPv4 header changed, the
+        /// header checksum fixed or not, the frame cut short) get the same verdict from
+        /// `parse_frame` as from smoltcp's view.
+        #[test]
+        fn ipv4_checks_agree_with_smoltcp(
+            edits in proptest::collection::vec(
+                // Version/IHL, total length, flags/fragment offset, protocol, anywhere.
+                (proptest::sample::select(&[0usize, 0, 2, 3, 6, 7, 9, 12][..]), proptest::prelude::any::<u8>()),
+                0..3,
+            ),
+            fix_checksum in proptest::prelude::any::<bool>(),
+            cut in proptest::option::of(1usize..40),
+        ) {
+            let (buf, span) = ipv4_frame([2; 6], [3; 6], A, B, 17, 64, &udp(9, 53, b"data"));
+            let mut f = buf[span.range()].to_vec();
+            for (at, v) in edits {
+                let at = if at == 12 { usize::from(v) % 20 } else { at };
+                f[14 + at] = v;
+            }
+            let ihl = usize::from(f[14] & 0x0f) * 4;
+            if fix_checksum && (20..=f.len() - 14).contains(&ihl) {
+                f[24] = 0;
+                f[25] = 0;
+                let c = !crate::checksum::sum(&f[14..14 + ihl]);
+                f[24..26].copy_from_slice(&c.to_be_bytes());
+            }
+            if let Some(cut) = cut {
+                f.truncate(f.len().saturating_sub(cut).max(14));
+            }
+            let ours = parse_frame(&f).map(|p| match p {
+                Parsed::Ipv4(s) => (s.ttl, s.key.protocol, s.dont_fragment, s.end),
+                Parsed::Arp => unreachable!(),
+            });
+            let theirs = smoltcp_verdict(&f);
+            match (ours, theirs) {
+                // Past the IPv4 checks, transport checks may still drop it.
+                (Err(DropReason::MalformedTransport), Ok(_)) => {}
+                (ours, theirs) => proptest::prop_assert_eq!(ours, theirs),
+            }
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
             let _ = parse_frame(&bytes);

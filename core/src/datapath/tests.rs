@@ -906,3 +906,53 @@ fn a_full_event_ring_counts_lost_events() {
     assert_eq!(n1.events().lost(), 3);
     assert_eq!(n1.stats().delivered, 6);
 }
+
+#[test]
+fn encap_source_port_is_the_entropy_hash_of_the_inner_frame_as_sent() {
+    // The datapath hashes the flow key instead of re-reading the frame for TCP, UDP
+    // and SCTP: the result must be the specified hash of the frame it sends.
+    let (mut n1, _) = cluster();
+    add_service(&mut n1, &[(B, 2)]);
+    let frames = [
+        tcp_from(A_MAC, A, B, 40000, 8080, SYN),
+        tcp_from(A_MAC, A, SERVICE_IP, 40001, 80, SYN),
+        ipv4_frame(A_MAC, ROUTER1.0, A, B, 17, 64, &udp(5353, 53, b"q")),
+        ipv4_frame(A_MAC, ROUTER1.0, A, B, 132, 64, &udp(7, 9, b"sctp")),
+        ipv4_frame(A_MAC, ROUTER1.0, A, B, 1, 64, &icmp_echo(0x77, 1)),
+        ipv4_frame(A_MAC, ROUTER1.0, A, B, 47, 64, b"gre payload"),
+    ];
+    for (i, frame) in frames.into_iter().enumerate() {
+        let out = run(&mut n1, Ingress::Port(PORT_A), frame);
+        let Action::Encap(e) = out.action else {
+            panic!("frame {i}: {:?}", out.action)
+        };
+        let inner = &out.buf[e.outer_frame.start + 50..e.outer_frame.start + e.outer_frame.len];
+        let vxlan = &n1.config().vxlan;
+        let expected = vxlan
+            .src_ports
+            .pick(crate::vxlan::inner_flow_hash(inner, vxlan.flow_seed));
+        assert_eq!(e.source_port, expected, "frame {i}");
+    }
+}
+
+/// Found by the `datapath_process` fuzz target: a span whose end overflows `usize`
+/// panicked (arithmetic overflow) in `Span::range` instead of being dropped.
+#[test]
+fn a_span_beyond_the_address_space_is_dropped_not_a_panic() {
+    let (mut n1, _) = cluster();
+    let mut buf = [0u8; 8];
+    for span in [
+        Span {
+            start: 4,
+            len: usize::MAX,
+        },
+        Span {
+            start: usize::MAX,
+            len: 1,
+        },
+    ] {
+        let action = n1.process(T0, Ingress::Port(PORT_A), &mut buf, span);
+        assert_eq!(action, Action::Drop(DropReason::Truncated));
+    }
+    assert_eq!(n1.drops().get(DropReason::Truncated), 2);
+}

@@ -118,6 +118,28 @@ impl VxlanConfig {
         inner_len: usize,
         ip_ident: u16,
     ) -> Result<Encapsulated, EncapError> {
+        let inner = headroom
+            .checked_add(inner_len)
+            .and_then(|end| buf.get(headroom..end))
+            .unwrap_or(&[]);
+        let entropy = inner_flow_hash(inner, self.flow_seed);
+        self.encapsulate_with_hash(vtep, buf, headroom, inner_len, ip_ident, entropy)
+    }
+
+    /// [`VxlanConfig::encapsulate`] with the entropy hash supplied by the caller, who
+    /// must pass [`inner_flow_hash`]`(inner frame, self.flow_seed)`: a datapath that has
+    /// already parsed the inner frame's flow computes it from its key (for a TCP, UDP
+    /// or SCTP packet that is not a fragment, `FlowKey::hash(flow_seed)` of the frame's
+    /// tuple with zone 0) instead of reading the frame again.
+    pub fn encapsulate_with_hash(
+        &self,
+        vtep: &Vtep,
+        buf: &mut [u8],
+        headroom: usize,
+        inner_len: usize,
+        ip_ident: u16,
+        entropy: u64,
+    ) -> Result<Encapsulated, EncapError> {
         let end = headroom
             .checked_add(inner_len)
             .filter(|&end| end <= buf.len())
@@ -149,7 +171,7 @@ impl VxlanConfig {
         let udp_len = ip_len - 20;
 
         let (head, inner) = buf[start..end].split_at_mut(IPV4_OVERHEAD);
-        let src_port = self.src_ports.pick(inner_flow_hash(inner, self.flow_seed));
+        let src_port = self.src_ports.pick(entropy);
         let (src, dst) = (src.octets(), dst.octets());
         let flags: u16 = if self.dont_fragment { 0x4000 } else { 0 };
         let ttl_proto = u16::from(self.ttl) << 8 | 17;
