@@ -89,6 +89,10 @@ pub struct RemoteNode {
     pub pod_cidr: Ipv4Net,
     /// Its underlay address.
     pub ip: Ipv4Addr,
+    /// Its VTEP MAC (inner destination MAC): a flannel node publishes it in its
+    /// `flannel.alpha.coreos.com/backend-data` annotation; a podwire node's is
+    /// [`router_mac`] of its address (the default).
+    pub vtep_mac: Option<[u8; 6]>,
 }
 
 fn leak<T: Clone>(value: T, n: usize) -> &'static mut [T] {
@@ -285,14 +289,25 @@ impl Dataplane {
                 if let Ok(p) = prefix(n.pod_cidr) {
                     let _ = dp.routes_mut().remove(p);
                 }
+                let _ = dp.routes_mut().remove(Ipv4Prefix::host(n.ip));
                 dp.vteps_mut().remove(n.id);
             }
             for n in &nodes {
                 let vtep = Vtep {
                     node: n.id,
                     ip: IpAddr::V4(n.ip),
-                    mac: EthernetAddress(router_mac(n.ip)),
+                    mac: EthernetAddress(n.vtep_mac.unwrap_or_else(|| router_mac(n.ip))),
                 };
+                // The remote node's own address is reached through the overlay too,
+                // so that its host's replies to our pods (sent from its InternalIP
+                // through its datapath) pass the overlay's source check, and a
+                // pod's traffic to a remote node takes the same path both ways.
+                if let Err(e) = dp
+                    .routes_mut()
+                    .insert(Ipv4Prefix::host(n.ip), NextHop::Node(n.id))
+                {
+                    tracing::error!(ip = %n.ip, error = ?e, "datapath route table");
+                }
                 if let Err(e) = dp.vteps_mut().insert(vtep) {
                     tracing::error!(node = n.id.0, error = ?e, "datapath VTEP table");
                 }
