@@ -103,6 +103,34 @@ fn prefix(net: Ipv4Net) -> Result<Ipv4Prefix, String> {
     Ipv4Prefix::new(net.network(), net.prefix_len()).map_err(|e| format!("{net}: {e:?}"))
 }
 
+/// Sends VXLAN with a zero outer UDP checksum (`SO_NO_CHECK`), as RFC 7348
+/// recommends over IPv4 and as the kernel's VXLAN device (flannel) does by default:
+/// the inner frame carries its own checksums, and the socket path skips a pass over
+/// every payload.
+///
+/// About source ports: the socket is bound to the VXLAN port (8472), so every
+/// datagram leaves from it; the per-flow entropy port the core computes
+/// (`Encapsulated::source_port`) is not used on this socket path. Receivers
+/// (podwire and the kernel) accept any source port; ECMP spreading across underlay
+/// paths needs the raw-underlay path, which writes the core's outer headers as is.
+fn no_udp_checksum(socket: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket fd and a c_int option value of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NO_CHECK,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "SO_NO_CHECK on the VXLAN socket");
+    }
+}
+
 /// The router MAC of a node: locally administered, from its underlay address.
 pub fn router_mac(node_ip: Ipv4Addr) -> [u8; 6] {
     let o = node_ip.octets();
@@ -227,6 +255,9 @@ impl Dataplane {
         underlay: Option<UdpSocket>,
     ) -> Result<Dataplane, String> {
         let dp = build(setup, sizes)?;
+        if let Some(u) = &underlay {
+            no_udp_checksum(u);
+        }
         let worker = worker::spawn(dp, underlay).map_err(|e| e.to_string())?;
         worker
             .send(Command::AddPort(super::ports::HOST_PORT, host_queue))

@@ -133,14 +133,16 @@ pub struct LabPaths {
 }
 
 impl LabPaths {
-    /// The CLI's lab: fixed prefix and run dir, this program and `podwire-cni` next
-    /// to it.
+    /// The CLI's lab: prefix [`DEFAULT_PREFIX`] and run dir [`DEFAULT_RUN_DIR`]
+    /// (overridable with `PODWIRE_LAB_PREFIX` / `PODWIRE_LAB_DIR`), this program and
+    /// `podwire-cni` next to it.
     pub fn default_for_cli() -> Result<LabPaths> {
         let podwire = std::env::current_exe().context("locating this program")?;
         let podwire_cni = podwire.with_file_name("podwire-cni");
+        let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
         Ok(LabPaths {
-            prefix: DEFAULT_PREFIX.into(),
-            run_dir: DEFAULT_RUN_DIR.into(),
+            prefix: var("PODWIRE_LAB_PREFIX", DEFAULT_PREFIX),
+            run_dir: var("PODWIRE_LAB_DIR", DEFAULT_RUN_DIR).into(),
             podwire,
             podwire_cni,
         })
