@@ -9,95 +9,13 @@ mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{can_run, suffix, PODWIRE, PODWIRE_CNI};
+use common::can_run;
+use common::lab::{assert_all_pass, datapath_status, drops, lab, wait_for};
 use podwire_agent::lab::demo::{self, Coverage};
 use podwire_agent::lab::topology::{in_netns, ip};
 use podwire_agent::lab::traffic::{ping, ping_size, tcp_ask, udp_ask, Reporter, REPORT_PORT};
-use podwire_agent::lab::{down, Lab, LabPaths, LabSpec};
-
-/// Removes the lab named by its paths on drop (also a half-built one).
-struct LabGuard {
-    paths: LabPaths,
-    lab: Option<Lab>,
-}
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        down(&self.paths.prefix, &self.paths.run_dir);
-    }
-}
-
-impl std::ops::Deref for LabGuard {
-    type Target = Lab;
-    fn deref(&self) -> &Lab {
-        self.lab.as_ref().expect("lab built")
-    }
-}
-
-impl std::ops::DerefMut for LabGuard {
-    fn deref_mut(&mut self) -> &mut Lab {
-        self.lab.as_mut().expect("lab built")
-    }
-}
-
-fn test_paths() -> LabPaths {
-    let s = suffix();
-    LabPaths {
-        prefix: format!("pwt{s}"),
-        run_dir: std::env::temp_dir().join(format!("podwire-lab-{s}")),
-        podwire: PODWIRE.into(),
-        podwire_cni: PODWIRE_CNI.into(),
-    }
-}
-
-fn lab(nodes: usize, pods: usize) -> LabGuard {
-    let paths = test_paths();
-    let mut g = LabGuard {
-        paths: paths.clone(),
-        lab: None,
-    };
-    let spec = LabSpec {
-        nodes,
-        pods_per_node: pods,
-        ..LabSpec::default()
-    };
-    g.lab = Some(Lab::up(spec, paths, false).expect("lab up"));
-    g
-}
-
-fn assert_all_pass(checks: &[demo::Check]) {
-    let table = demo::render(checks);
-    assert!(checks.iter().all(|c| c.passed()), "{table}");
-}
-
-/// The `Datapath:` line of `podwire status` on `node`.
-fn datapath_status(lab: &Lab, node: &str) -> String {
-    lab.podwire(node, &["status"])
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Datapath:"))
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// The value of drop counter `reason` in `podwire status` on `node` (0 if absent).
-fn drops(lab: &Lab, node: &str, reason: &str) -> u64 {
-    let line = datapath_status(lab, node);
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{reason}=")))
-        .map(|n| n.parse().unwrap())
-        .unwrap_or(0)
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn three_nodes_three_pods_full_matrix_tcp_udp_icmp_and_node_pod() {
