@@ -18,4 +18,5 @@ pub mod cli;
 pub mod cni;
 pub mod control;
 pub mod dataplane;
+pub mod lab;
 pub mod netlink;

@@ -92,6 +92,7 @@ fn remote_nodes(view: &ClusterView) -> Vec<RemoteNode> {
                 id: NodeId(i as u16),
                 pod_cidr: n.pod_cidr?,
                 ip: n.internal_ip?,
+                vtep_mac: n.vtep_mac,
             })
         })
         .collect()

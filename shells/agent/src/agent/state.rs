@@ -198,12 +198,7 @@ impl<N: Netlink> Shared<N> {
             if detached == 0 { "Ok" } else { "Warning" },
             format!("{} attached, {detached} detached", rows.len() - detached),
         ));
-        lines.push(line(
-            "Datapath",
-            "Disabled",
-            "core Datapath not linked into this build: pods are wired but frames are not forwarded"
-                .into(),
-        ));
+        lines.push(datapath_line(self.pods.dataplane_stats()));
         lines.push(line(
             "API",
             "Ok",
@@ -245,5 +240,36 @@ impl<N: Netlink> Shared<N> {
             }
         }
         rows
+    }
+}
+
+/// `Datapath:` in `podwire status`: the core's counters and its non-zero drop
+/// reasons (`drops: unknown_vtep=3 exceeds_underlay_mtu=1`).
+fn datapath_line(stats: Option<Option<crate::dataplane::node::Stats>>) -> crate::api::StatusLine {
+    let (state, detail) = match stats {
+        None => ("Disabled", "no dataplane".to_string()),
+        Some(None) => ("Warning", "the dataplane worker did not answer".to_string()),
+        Some(Some(s)) => {
+            let mut d = format!(
+                "delivered {} encapsulated {} decapsulated {} replied {} dropped {}",
+                s.stats.delivered,
+                s.stats.encapsulated,
+                s.stats.decapsulated,
+                s.stats.replied,
+                s.stats.dropped
+            );
+            if !s.drops.is_empty() {
+                d.push_str("; drops:");
+                for (r, n) in &s.drops {
+                    d.push_str(&format!(" {r}={n}"));
+                }
+            }
+            ("Ok", d)
+        }
+    };
+    crate::api::StatusLine {
+        subsystem: "Datapath".into(),
+        state: state.into(),
+        detail,
     }
 }

@@ -8,6 +8,7 @@
 //! JSON or YAML, so scripts get exactly the structure the API carries and people get
 //! `kubectl get`-style columns.
 
+pub mod lab;
 pub mod output;
 pub mod policy;
 pub mod show;
@@ -110,6 +111,9 @@ pub enum Command {
     Routes(ViewArgs),
     /// Pod CIDR usage and allocations.
     Ipam(ViewArgs),
+    /// A local cluster of network namespaces: up, status, exec, down, demo.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
     /// Install the CNI conflist and plugin binary (as a DaemonSet init container does).
     InstallCni {
         /// CNI configuration directory.
@@ -143,6 +147,7 @@ fn init_logs(format: LogFormat) {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Policy(cmd) => return policy::run(cmd),
+        Command::Lab(cmd) => return lab::run(cmd),
         Command::Agent(a) => run_agent(a)?,
         Command::Status(v) => show::status(&v)?,
         Command::Pods(v) => show::pods(&v)?,

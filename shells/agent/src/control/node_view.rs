@@ -57,6 +57,50 @@ pub struct NodeInfo {
     pub pod_cidr: Option<Ipv4Net>,
     /// The `InternalIP` of `status.addresses`.
     pub internal_ip: Option<Ipv4Addr>,
+    /// The VTEP MAC a flannel node publishes in [`FLANNEL_BACKEND_DATA`]
+    /// (`{"VNI":1,"VtepMAC":"aa:bb:.."}`); `None` for podwire nodes.
+    pub vtep_mac: Option<[u8; 6]>,
+}
+
+/// The Node annotation in which flannel's VXLAN backend publishes its VTEP.
+pub const FLANNEL_BACKEND_DATA: &str = "flannel.alpha.coreos.com/backend-data";
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = text.split(':');
+    for b in &mut out {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+fn flannel_vtep_mac(node: &Node, object: &str) -> Result<Option<[u8; 6]>, ViewError> {
+    let Some(data) = node
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(FLANNEL_BACKEND_DATA))
+    else {
+        return Ok(None);
+    };
+    let err = |message: String| ViewError {
+        object: object.to_string(),
+        field: format!("metadata.annotations[{FLANNEL_BACKEND_DATA}]"),
+        message,
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(data).map_err(|e| err(format!("not JSON: {e}")))?;
+    let mac = v
+        .get("VtepMAC")
+        .and_then(|m| m.as_str())
+        .ok_or_else(|| err("no VtepMAC".into()))?;
+    parse_mac(mac)
+        .map(Some)
+        .ok_or_else(|| err(format!("invalid VtepMAC {mac:?}")))
 }
 
 /// What the node agent needs from the cluster state.
@@ -131,10 +175,12 @@ fn node_info(node: &Node) -> Result<NodeInfo, ViewError> {
             }
         }
     }
+    let vtep_mac = flannel_vtep_mac(node, &object)?;
     Ok(NodeInfo {
         name,
         pod_cidr,
         internal_ip,
+        vtep_mac,
     })
 }
 
@@ -275,5 +321,29 @@ metadata: {name: web, namespace: prod, labels: {app: web}}
         assert!(e
             .to_string()
             .contains("Node/n2: status.addresses[0].address: invalid"));
+    }
+
+    #[test]
+    fn reads_flannel_vtep_mac_annotation() {
+        let with = |data: &str| {
+            TWO_NODES.replace(
+                "metadata: {name: n2}",
+                &format!(
+                    "metadata: {{name: n2, annotations: {{{FLANNEL_BACKEND_DATA}: '{data}'}}}}"
+                ),
+            )
+        };
+        let v = ClusterView::build(
+            &objects(&with(r#"{"VNI":1,"VtepMAC":"02:aa:bb:cc:dd:0f"}"#)),
+            "n1",
+        )
+        .unwrap();
+        assert_eq!(v.nodes[1].vtep_mac, Some([2, 0xaa, 0xbb, 0xcc, 0xdd, 0x0f]));
+        assert_eq!(v.nodes[0].vtep_mac, None);
+        for bad in [r#"{"VNI":1}"#, r#"{"VtepMAC":"02:aa:bb"}"#, "nope"] {
+            let e = ClusterView::build(&objects(&with(bad)), "n1").unwrap_err();
+            assert_eq!(e.object, "Node/n2");
+            assert!(e.field.contains(FLANNEL_BACKEND_DATA), "{e}");
+        }
     }
 }

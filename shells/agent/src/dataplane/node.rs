@@ -89,6 +89,10 @@ pub struct RemoteNode {
     pub pod_cidr: Ipv4Net,
     /// Its underlay address.
     pub ip: Ipv4Addr,
+    /// Its VTEP MAC (inner destination MAC): a flannel node publishes it in its
+    /// `flannel.alpha.coreos.com/backend-data` annotation; a podwire node's is
+    /// [`router_mac`] of its address (the default).
+    pub vtep_mac: Option<[u8; 6]>,
 }
 
 fn leak<T: Clone>(value: T, n: usize) -> &'static mut [T] {
@@ -97,6 +101,34 @@ fn leak<T: Clone>(value: T, n: usize) -> &'static mut [T] {
 
 fn prefix(net: Ipv4Net) -> Result<Ipv4Prefix, String> {
     Ipv4Prefix::new(net.network(), net.prefix_len()).map_err(|e| format!("{net}: {e:?}"))
+}
+
+/// Sends VXLAN with a zero outer UDP checksum (`SO_NO_CHECK`), as RFC 7348
+/// recommends over IPv4 and as the kernel's VXLAN device (flannel) does by default:
+/// the inner frame carries its own checksums, and the socket path skips a pass over
+/// every payload.
+///
+/// About source ports: the socket is bound to the VXLAN port (8472), so every
+/// datagram leaves from it; the per-flow entropy port the core computes
+/// (`Encapsulated::source_port`) is not used on this socket path. Receivers
+/// (podwire and the kernel) accept any source port; ECMP spreading across underlay
+/// paths needs the raw-underlay path, which writes the core's outer headers as is.
+fn no_udp_checksum(socket: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket fd and a c_int option value of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NO_CHECK,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "SO_NO_CHECK on the VXLAN socket");
+    }
 }
 
 /// The router MAC of a node: locally administered, from its underlay address.
@@ -223,6 +255,9 @@ impl Dataplane {
         underlay: Option<UdpSocket>,
     ) -> Result<Dataplane, String> {
         let dp = build(setup, sizes)?;
+        if let Some(u) = &underlay {
+            no_udp_checksum(u);
+        }
         let worker = worker::spawn(dp, underlay).map_err(|e| e.to_string())?;
         worker
             .send(Command::AddPort(super::ports::HOST_PORT, host_queue))
@@ -285,14 +320,25 @@ impl Dataplane {
                 if let Ok(p) = prefix(n.pod_cidr) {
                     let _ = dp.routes_mut().remove(p);
                 }
+                let _ = dp.routes_mut().remove(Ipv4Prefix::host(n.ip));
                 dp.vteps_mut().remove(n.id);
             }
             for n in &nodes {
                 let vtep = Vtep {
                     node: n.id,
                     ip: IpAddr::V4(n.ip),
-                    mac: EthernetAddress(router_mac(n.ip)),
+                    mac: EthernetAddress(n.vtep_mac.unwrap_or_else(|| router_mac(n.ip))),
                 };
+                // The remote node's own address is reached through the overlay too,
+                // so that its host's replies to our pods (sent from its InternalIP
+                // through its datapath) pass the overlay's source check, and a
+                // pod's traffic to a remote node takes the same path both ways.
+                if let Err(e) = dp
+                    .routes_mut()
+                    .insert(Ipv4Prefix::host(n.ip), NextHop::Node(n.id))
+                {
+                    tracing::error!(ip = %n.ip, error = ?e, "datapath route table");
+                }
                 if let Err(e) = dp.vteps_mut().insert(vtep) {
                     tracing::error!(node = n.id.0, error = ?e, "datapath VTEP table");
                 }

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod lab;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};

@@ -1,0 +1,782 @@
+//! `podwire lab`: a whole cluster on one machine, built from network namespaces.
+//!
+//! Design note: the lab is built exactly the way the pieces meet in a real cluster —
+//! an underlay namespace holding a bridge (the "switch"), one namespace per node
+//! wired to it by a veth (`eth0` with the node's InternalIP), one `podwire agent` per
+//! node running inside its namespace, Kubernetes manifests as the cluster state, and
+//! pods created as a container runtime creates them (a netns, then `podwire-cni ADD`
+//! with the CNI environment and the installed conflist on stdin). Every namespace is
+//! named `<prefix>-…` and everything else lives in one run directory, and the state
+//! (`state.json`) is written after every step, so `down` can remove a lab after a
+//! crash or a half-built `up`: it deletes every namespace with the prefix and stops
+//! every agent whose command line names the run directory, whether the state file was
+//! complete or not. Tests build labs with a random prefix and run directory; the CLI
+//! uses the fixed ones ([`DEFAULT_PREFIX`], [`DEFAULT_RUN_DIR`]).
+
+pub mod demo;
+pub mod topology;
+pub mod traffic;
+
+use std::fs::File;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use topology::{add_netns, add_underlay, attach_to_underlay, del_netns, list_netns};
+
+/// The namespace prefix of the CLI's lab.
+pub const DEFAULT_PREFIX: &str = "pwlab";
+/// The run directory of the CLI's lab.
+pub const DEFAULT_RUN_DIR: &str = "/run/podwire-lab";
+/// The Kubernetes namespace of the lab's pods.
+pub const POD_NAMESPACE: &str = "default";
+
+/// What to build.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LabSpec {
+    /// Nodes (1..=200).
+    pub nodes: usize,
+    /// Pods per node (0..=250).
+    pub pods_per_node: usize,
+    /// The underlay MTU (pods get this − 50).
+    pub underlay_mtu: u32,
+    /// The underlay network: node `i` (from 1) gets `.(10 + i)`.
+    pub underlay_cidr: String,
+    /// The cluster CIDR (a /16): node `i` gets the `/24` number `i`.
+    pub cluster_cidr: String,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        LabSpec {
+            nodes: 2,
+            pods_per_node: 2,
+            underlay_mtu: 1500,
+            underlay_cidr: "172.30.0.0/24".into(),
+            cluster_cidr: "10.244.0.0/16".into(),
+        }
+    }
+}
+
+impl LabSpec {
+    /// Reads a spec from a YAML file (`nodes`, `podsPerNode`, `underlayMtu`, ...).
+    pub fn from_file(path: &Path) -> Result<LabSpec> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(1..=200).contains(&self.nodes) {
+            bail!("nodes must be 1..=200, not {}", self.nodes);
+        }
+        if self.pods_per_node > 250 {
+            bail!("podsPerNode must be at most 250");
+        }
+        if !(1280..=65535).contains(&self.underlay_mtu) {
+            bail!("underlayMtu must be 1280..=65535");
+        }
+        self.underlay_net()?;
+        self.cluster_net()?;
+        Ok(())
+    }
+
+    fn underlay_net(&self) -> Result<ipnet::Ipv4Net> {
+        let n: ipnet::Ipv4Net = self.underlay_cidr.parse().context("underlayCidr")?;
+        if n.prefix_len() != 24 {
+            bail!("underlayCidr must be a /24");
+        }
+        Ok(n.trunc())
+    }
+
+    fn cluster_net(&self) -> Result<ipnet::Ipv4Net> {
+        let n: ipnet::Ipv4Net = self.cluster_cidr.parse().context("clusterCidr")?;
+        if n.prefix_len() != 16 {
+            bail!("clusterCidr must be a /16");
+        }
+        Ok(n.trunc())
+    }
+
+    /// The InternalIP of node `i` (from 1).
+    pub fn node_ip(&self, i: usize) -> Result<Ipv4Addr> {
+        let o = self.underlay_net()?.network().octets();
+        Ok(Ipv4Addr::new(o[0], o[1], o[2], (10 + i) as u8))
+    }
+
+    /// The pod CIDR of node `i` (from 1).
+    pub fn pod_cidr(&self, i: usize) -> Result<ipnet::Ipv4Net> {
+        let o = self.cluster_net()?.network().octets();
+        Ok(ipnet::Ipv4Net::new(
+            Ipv4Addr::new(o[0], o[1], i as u8, 0),
+            24,
+        )?)
+    }
+}
+
+/// Where the lab lives and which binaries it runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabPaths {
+    /// Namespace prefix (`<prefix>-underlay`, `<prefix>-node1`, ...).
+    pub prefix: String,
+    /// Run directory (state.json, manifests, agent state, logs, CNI files).
+    pub run_dir: PathBuf,
+    /// The `podwire` binary (agents).
+    pub podwire: PathBuf,
+    /// The `podwire-cni` binary (installed per node, called as a runtime would).
+    pub podwire_cni: PathBuf,
+}
+
+impl LabPaths {
+    /// The CLI's lab: prefix [`DEFAULT_PREFIX`] and run dir [`DEFAULT_RUN_DIR`]
+    /// (overridable with `PODWIRE_LAB_PREFIX` / `PODWIRE_LAB_DIR`), this program and
+    /// `podwire-cni` next to it.
+    pub fn default_for_cli() -> Result<LabPaths> {
+        let podwire = std::env::current_exe().context("locating this program")?;
+        let podwire_cni = podwire.with_file_name("podwire-cni");
+        let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+        Ok(LabPaths {
+            prefix: var("PODWIRE_LAB_PREFIX", DEFAULT_PREFIX),
+            run_dir: var("PODWIRE_LAB_DIR", DEFAULT_RUN_DIR).into(),
+            podwire,
+            podwire_cni,
+        })
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.run_dir.join("state.json")
+    }
+}
+
+/// One node of a built lab.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabNode {
+    /// Node name (`node1`).
+    pub name: String,
+    /// Its namespace.
+    pub netns: String,
+    /// Its InternalIP.
+    pub ip: Ipv4Addr,
+    /// Its pod CIDR.
+    pub pod_cidr: ipnet::Ipv4Net,
+    /// The agent's pid (0 when not running).
+    pub agent_pid: u32,
+    /// Whether the node is listed in the cluster state.
+    pub listed: bool,
+}
+
+/// One pod of a built lab.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabPod {
+    /// Pod name (`node1-pod1`), in namespace [`POD_NAMESPACE`].
+    pub name: String,
+    /// Its node's name.
+    pub node: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// The IP the CNI ADD returned.
+    pub ip: Ipv4Addr,
+}
+
+/// A lab: what was built (persisted in `state.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lab {
+    /// Paths and binaries.
+    pub paths: LabPaths,
+    /// The spec it was built from.
+    pub spec: LabSpec,
+    /// The underlay namespace.
+    pub underlay: String,
+    /// Nodes.
+    pub nodes: Vec<LabNode>,
+    /// Pods.
+    pub pods: Vec<LabPod>,
+    /// Extra manifests appended to the cluster state (e.g. foreign nodes).
+    #[serde(default)]
+    pub extra_manifests: String,
+}
+
+fn progress(verbose: bool, msg: &str) {
+    if verbose {
+        eprintln!("  {msg}");
+    }
+}
+
+impl Lab {
+    /// Builds a lab; `verbose` prints progress to stderr. On error the half-built
+    /// lab stays recorded; [`down`] removes it.
+    pub fn up(spec: LabSpec, paths: LabPaths, verbose: bool) -> Result<Lab> {
+        spec.validate()?;
+        if !nix::unistd::geteuid().is_root() {
+            bail!("the lab needs root (network namespaces)");
+        }
+        for b in [&paths.podwire, &paths.podwire_cni] {
+            if !b.exists() {
+                bail!("{} not found", b.display());
+            }
+        }
+        if paths.state_file().exists() || !list_netns(&format!("{}-", paths.prefix)).is_empty() {
+            bail!(
+                "a lab already exists (prefix {}, {}); run `podwire lab down` first",
+                paths.prefix,
+                paths.run_dir.display()
+            );
+        }
+        std::fs::create_dir_all(&paths.run_dir)
+            .with_context(|| format!("creating {}", paths.run_dir.display()))?;
+        let mut lab = Lab {
+            underlay: format!("{}-underlay", paths.prefix),
+            paths,
+            spec,
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            extra_manifests: String::new(),
+        };
+        lab.save()?;
+        let t0 = Instant::now();
+        progress(
+            verbose,
+            &format!("underlay bridge in netns {}", lab.underlay),
+        );
+        add_underlay(&lab.underlay, lab.spec.underlay_mtu)?;
+        for i in 1..=lab.spec.nodes {
+            let name = format!("node{i}");
+            lab.nodes.push(LabNode {
+                netns: format!("{}-{name}", lab.paths.prefix),
+                ip: lab.spec.node_ip(i)?,
+                pod_cidr: lab.spec.pod_cidr(i)?,
+                name,
+                agent_pid: 0,
+                listed: true,
+            });
+        }
+        lab.write_manifests()?;
+        for i in 0..lab.nodes.len() {
+            let n = lab.nodes[i].clone();
+            progress(
+                verbose,
+                &format!(
+                    "{}: netns {}, InternalIP {}, podCIDR {}",
+                    n.name, n.netns, n.ip, n.pod_cidr
+                ),
+            );
+            add_netns(&n.netns)?;
+            lab.save()?;
+            // A Kubernetes node forwards (pods reach other nodes' addresses through
+            // it), as kubelet's prerequisites require.
+            topology::exec(&n.netns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+            attach_to_underlay(
+                &lab.underlay,
+                &n.netns,
+                &format!("v{}", n.name),
+                n.ip,
+                lab.spec.underlay_mtu,
+            )?;
+            lab.install_cni(&n.name)?;
+            lab.start_agent(&n.name)?;
+        }
+        for n in lab.nodes.clone() {
+            lab.wait_agent(&n.name)?;
+        }
+        progress(verbose, &format!("{} agents running", lab.nodes.len()));
+        for n in lab.nodes.clone() {
+            for k in 1..=lab.spec.pods_per_node {
+                let pod = lab.add_pod(&n.name, &format!("{}-pod{k}", n.name))?;
+                progress(
+                    verbose,
+                    &format!("pod {POD_NAMESPACE}/{} on {}: {}", pod.name, n.name, pod.ip),
+                );
+            }
+        }
+        progress(
+            verbose,
+            &format!("lab up in {:.1} s", t0.elapsed().as_secs_f64()),
+        );
+        Ok(lab)
+    }
+
+    /// Loads the lab recorded in `run_dir`.
+    pub fn load(run_dir: &Path) -> Result<Lab> {
+        let p = run_dir.join("state.json");
+        let text = std::fs::read(&p).with_context(|| {
+            format!(
+                "no lab state at {} (run `podwire lab up` first)",
+                p.display()
+            )
+        })?;
+        serde_json::from_slice(&text).with_context(|| format!("parsing {}", p.display()))
+    }
+
+    /// Writes `state.json` (write, fsync, rename).
+    pub fn save(&self) -> Result<()> {
+        let p = self.paths.state_file();
+        let tmp = p.with_extension("json.tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(self)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &p)?;
+        Ok(())
+    }
+
+    fn node_dir(&self, node: &str) -> PathBuf {
+        self.paths.run_dir.join(node)
+    }
+
+    /// The agent socket of `node`.
+    pub fn socket(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("agent.sock")
+    }
+
+    /// The cluster-state file every agent watches.
+    pub fn manifests_file(&self) -> PathBuf {
+        self.paths.run_dir.join("cluster.yaml")
+    }
+
+    /// A node by name.
+    pub fn node(&self, name: &str) -> Result<&LabNode> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .with_context(|| format!("no node {name} in the lab"))
+    }
+
+    /// A pod by `name` or `namespace/name`.
+    pub fn pod(&self, name: &str) -> Result<&LabPod> {
+        let bare = match name.split_once('/') {
+            Some((ns, n)) if ns == POD_NAMESPACE => n,
+            Some((ns, _)) => bail!("no namespace {ns} in the lab (pods are in {POD_NAMESPACE})"),
+            None => name,
+        };
+        self.pods
+            .iter()
+            .find(|p| p.name == bare)
+            .with_context(|| format!("no pod {name} in the lab"))
+    }
+
+    /// Writes the cluster state: listed nodes, the namespace, the pods, extras.
+    pub fn write_manifests(&self) -> Result<()> {
+        let mut y = String::new();
+        for n in self.nodes.iter().filter(|n| n.listed) {
+            y.push_str(&format!(
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\nspec: {{podCIDR: {}}}\n\
+                 status: {{addresses: [{{type: InternalIP, address: {}}}]}}\n---\n",
+                n.name, n.pod_cidr, n.ip
+            ));
+        }
+        y.push_str(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {POD_NAMESPACE}}}\n"
+        ));
+        for p in &self.pods {
+            y.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: {POD_NAMESPACE}, \
+                 labels: {{app: lab, node: {}}}}}\nspec: {{nodeName: {}}}\n",
+                p.name, p.node, p.node
+            ));
+        }
+        if !self.extra_manifests.is_empty() {
+            y.push_str("---\n");
+            y.push_str(&self.extra_manifests);
+        }
+        let p = self.manifests_file();
+        let tmp = p.with_extension("yaml.tmp");
+        std::fs::write(&tmp, y)?;
+        std::fs::rename(&tmp, &p)?;
+        Ok(())
+    }
+
+    fn install_cni(&self, node: &str) -> Result<()> {
+        let dir = self.node_dir(node);
+        std::fs::create_dir_all(&dir)?;
+        crate::cni::install::install(
+            &dir.join("net.d"),
+            &dir.join("bin"),
+            &self.socket(node),
+            &self.paths.podwire_cni,
+        )?;
+        Ok(())
+    }
+
+    /// Starts (or restarts) the agent of `node` in its namespace, detached from the
+    /// terminal, logging to `<run dir>/<node>/agent.log`.
+    pub fn start_agent(&mut self, node: &str) -> Result<()> {
+        use std::os::unix::process::CommandExt;
+        let n = self.node(node)?.clone();
+        let dir = self.node_dir(node);
+        std::fs::create_dir_all(&dir)?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &n.netns])
+            .arg(&self.paths.podwire)
+            .arg("agent")
+            .arg("--cluster")
+            .arg(self.manifests_file())
+            .args(["--node", &n.name])
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--socket")
+            .arg(self.socket(node))
+            .args(["--reload-interval-ms", "100"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting the agent of {node}"))?;
+        // `ip netns exec` execs the agent: the child's pid is the agent's.
+        let pid = child.id();
+        // Reaped by whoever waits: the lab does not keep the handle (agents outlive
+        // `lab up`), so a reaper thread avoids zombies while this process lives.
+        std::thread::spawn(move || {
+            let mut child = child;
+            let _ = child.wait();
+        });
+        if let Some(m) = self.nodes.iter_mut().find(|x| x.name == node) {
+            m.agent_pid = pid;
+        }
+        self.save()
+    }
+
+    /// Stops the agent of `node` with SIGKILL (as a crash would).
+    pub fn kill_agent(&mut self, node: &str) -> Result<()> {
+        let pid = self.node(node)?.agent_pid;
+        if pid != 0 && is_lab_agent(pid, &self.paths.run_dir) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            wait_gone(pid);
+        }
+        if let Some(m) = self.nodes.iter_mut().find(|x| x.name == node) {
+            m.agent_pid = 0;
+        }
+        self.save()
+    }
+
+    /// Waits until the agent of `node` answers `status` (20 s).
+    pub fn wait_agent(&self, node: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let sock = self.socket(node);
+        loop {
+            let ok = Command::new(&self.paths.podwire)
+                .arg("status")
+                .arg("--socket")
+                .arg(&sock)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.node_dir(node).join("agent.log"))
+                    .unwrap_or_default();
+                bail!("the agent of {node} did not start; its log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `podwire <args> --socket <node's socket>`; stdout.
+    pub fn podwire(&self, node: &str, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.paths.podwire)
+            .args(args)
+            .arg("--socket")
+            .arg(self.socket(node))
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "podwire {args:?} on {node}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Creates pod `name` on `node` as a runtime would: a netns, then
+    /// `podwire-cni ADD` with the CNI environment and the conflist's plugin config.
+    pub fn add_pod(&mut self, node: &str, name: &str) -> Result<LabPod> {
+        let n = self.node(node)?.clone();
+        let netns = format!("{}-{name}", self.paths.prefix);
+        add_netns(&netns)?;
+        let dir = self.node_dir(node);
+        let conflist: serde_json::Value = serde_json::from_slice(&std::fs::read(
+            dir.join("net.d").join(crate::cni::install::CONFLIST_NAME),
+        )?)?;
+        let conf = crate::cni::install::plugin_config(&conflist).context("conflist")?;
+        let mut child = Command::new(dir.join("bin").join(crate::cni::install::PLUGIN_TYPE))
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", format!("lab-{name}"))
+            .env("CNI_NETNS", topology::netns_path(&netns))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", dir.join("bin"))
+            .env(
+                "CNI_ARGS",
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={POD_NAMESPACE};K8S_POD_NAME={name}"),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(conf.to_string().as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "podwire-cni ADD of {name} on {node}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let ip: Ipv4Addr = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("no IP in the ADD result {result}"))?;
+        let pod = LabPod {
+            name: name.into(),
+            node: n.name,
+            netns,
+            ip,
+        };
+        self.pods.push(pod.clone());
+        self.save()?;
+        self.write_manifests()?;
+        Ok(pod)
+    }
+
+    /// Lists or unlists a node in the cluster state (the agents apply it live).
+    pub fn set_listed(&mut self, node: &str, listed: bool) -> Result<()> {
+        match self.nodes.iter_mut().find(|x| x.name == node) {
+            Some(n) => n.listed = listed,
+            None => bail!("no node {node}"),
+        }
+        self.save()?;
+        self.write_manifests()
+    }
+
+    /// Adds a namespace wired to the underlay like a node, but without an agent (a
+    /// foreign node: the kernel, another implementation). Returns (netns, address).
+    pub fn add_foreign_host(&mut self, tag: &str, host: u8) -> Result<(String, Ipv4Addr)> {
+        let netns = format!("{}-{tag}", self.paths.prefix);
+        let o = self.spec.underlay_net()?.network().octets();
+        let addr = Ipv4Addr::new(o[0], o[1], o[2], host);
+        add_netns(&netns)?;
+        attach_to_underlay(
+            &self.underlay,
+            &netns,
+            &format!("v{tag}"),
+            addr,
+            self.spec.underlay_mtu,
+        )?;
+        Ok((netns, addr))
+    }
+
+    /// Tears the lab down (see [`down`]).
+    pub fn down(&self) -> Vec<String> {
+        down(&self.paths.prefix, &self.paths.run_dir)
+    }
+}
+
+fn wait_gone(pid: u32) {
+    for _ in 0..200 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return;
+        }
+        // A zombie still has /proc/<pid>; treat a zombie as gone.
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            if s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+            {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `pid` is a `podwire agent` of the lab in `run_dir`.
+fn is_lab_agent(pid: u32, run_dir: &Path) -> bool {
+    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+    let run = run_dir.as_os_str().as_encoded_bytes();
+    args.iter().any(|a| *a == b"agent")
+        && args.iter().any(|a| a.windows(run.len()).any(|w| w == run))
+}
+
+/// Removes everything of the lab with namespace `prefix` and `run_dir`, also after
+/// a crash or a half-built lab: stops every agent whose command line names the run
+/// directory, deletes every namespace `<prefix>-*`, removes the run directory.
+/// Returns what it removed.
+pub fn down(prefix: &str, run_dir: &Path) -> Vec<String> {
+    let mut removed = Vec::new();
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.filter_map(|e| e.ok()) {
+            let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid != std::process::id() && is_lab_agent(pid, run_dir) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                wait_gone(pid);
+                removed.push(format!("agent pid {pid}"));
+            }
+        }
+    }
+    for ns in list_netns(&format!("{prefix}-")) {
+        del_netns(&ns);
+        removed.push(format!("netns {ns}"));
+    }
+    if run_dir.exists() {
+        let _ = std::fs::remove_dir_all(run_dir);
+        removed.push(format!("{}", run_dir.display()));
+    }
+    removed
+}
+
+/// The lab's status: nodes with their agent's health, pods with their IPs.
+pub fn status_table(lab: &Lab) -> String {
+    let mut rows = vec![vec![
+        "NODE".to_string(),
+        "NETNS".into(),
+        "INTERNAL-IP".into(),
+        "POD-CIDR".into(),
+        "AGENT".into(),
+    ]];
+    for n in &lab.nodes {
+        let agent = if n.agent_pid != 0 && is_lab_agent(n.agent_pid, &lab.paths.run_dir) {
+            match lab.podwire(&n.name, &["status"]) {
+                Ok(_) => format!("running (pid {})", n.agent_pid),
+                Err(_) => format!("not answering (pid {})", n.agent_pid),
+            }
+        } else {
+            "stopped".into()
+        };
+        rows.push(vec![
+            n.name.clone(),
+            n.netns.clone(),
+            n.ip.to_string(),
+            n.pod_cidr.to_string(),
+            agent,
+        ]);
+    }
+    let mut out = table(&rows);
+    out.push('\n');
+    let mut rows = vec![vec![
+        "POD".to_string(),
+        "NODE".into(),
+        "IP".into(),
+        "NETNS".into(),
+    ]];
+    for p in &lab.pods {
+        rows.push(vec![
+            format!("{POD_NAMESPACE}/{}", p.name),
+            p.node.clone(),
+            p.ip.to_string(),
+            p.netns.clone(),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out
+}
+
+/// Aligned columns.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (i, cell) in r.iter().enumerate() {
+            if i + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}   ", w = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Runs `command` inside the pod's namespace, inheriting stdio; its exit code.
+pub fn exec(lab: &Lab, pod: &str, command: &[String]) -> Result<i32> {
+    let p = lab.pod(pod)?;
+    if command.is_empty() {
+        bail!("no command given (podwire lab exec <ns/pod> -- <command>)");
+    }
+    let status = Command::new("ip")
+        .args(["netns", "exec", &p.netns])
+        .args(command)
+        .status()
+        .with_context(|| format!("running {command:?} in {}", p.netns))?;
+    Ok(status.code().unwrap_or(1))
+}
+
+/// Makes sure the node `ip` command can see the namespace (used by tests).
+pub fn netns_exists(name: &str) -> bool {
+    Path::new(&topology::netns_path(name)).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_addresses_and_validation() {
+        let s = LabSpec::default();
+        assert_eq!(s.node_ip(1).unwrap(), Ipv4Addr::new(172, 30, 0, 11));
+        assert_eq!(s.pod_cidr(3).unwrap().to_string(), "10.244.3.0/24");
+        let bad = LabSpec {
+            nodes: 0,
+            ..LabSpec::default()
+        };
+        assert!(bad.validate().is_err());
+        let y: LabSpec = serde_saphyr::from_str("nodes: 3\npodsPerNode: 1\n").unwrap();
+        assert_eq!((y.nodes, y.pods_per_node, y.underlay_mtu), (3, 1, 1500));
+        assert!(serde_saphyr::from_str::<LabSpec>("nodez: 3\n").is_err());
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&[
+            vec!["A".into(), "BB".into(), "C".into()],
+            vec!["xxx".into(), "y".into(), "z".into()],
+        ]);
+        assert_eq!(t, "A     BB   C\nxxx   y    z\n");
+    }
+
+    #[test]
+    fn down_of_nothing_is_quiet() {
+        let dir = std::env::temp_dir().join(format!("pwlab-none-{}", std::process::id()));
+        assert!(down("pwlab-does-not-exist-x", &dir).is_empty());
+    }
+}
