@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::Node;
 
 use super::cluster::ClusterState;
 use super::manifests::{self, Manifests};
+use super::services::{self, ServicePlan};
 use crate::api::PodRef;
 
 /// An invalid cluster state: which object, which field, what is wrong.
@@ -60,7 +61,7 @@ pub struct NodeInfo {
 }
 
 /// What the node agent needs from the cluster state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ClusterView {
     /// This node.
     pub local: NodeInfo,
@@ -70,6 +71,11 @@ pub struct ClusterView {
     pub pod_labels: HashMap<PodRef, BTreeMap<String, String>>,
     /// Namespaces listed.
     pub namespaces: usize,
+    /// Namespaces, pods and NetworkPolicies (validated: the policies compile), the
+    /// input of the policy compiler.
+    pub state: ClusterState,
+    /// Services and their backends, compiled for the core.
+    pub services: ServicePlan,
 }
 
 fn node_info(node: &Node) -> Result<NodeInfo, ViewError> {
@@ -198,11 +204,27 @@ impl ClusterView {
                 )
             })
             .collect::<HashMap<_, _>>();
+        // Reject an invalid NetworkPolicy as the API server would, naming the object
+        // and the field: the last good state keeps running.
+        if let Err(e) = super::policy_compiler::compile(&state) {
+            return Err(ViewError {
+                object: format!("NetworkPolicy/{}", e.name),
+                field: e
+                    .errors
+                    .first()
+                    .map(|f| f.field.clone())
+                    .unwrap_or_default(),
+                message: e.to_string(),
+            });
+        }
+        let services = services::compile(&objects.services, &objects.endpoint_slices, &nodes);
         Ok(ClusterView {
             local: me,
             nodes,
             pod_labels,
             namespaces: objects.namespaces.len(),
+            state,
+            services,
         })
     }
 
