@@ -193,7 +193,10 @@ pub fn flow_table(r: &api::FlowReport, drops_only: bool) -> String {
     headers.extend(["REASON", "POLICY"]);
     let mut s = table(&headers, &rows);
     if r.lost > 0 {
-        s.push_str(&format!("({} events lost: the event ring was full)\n", r.lost));
+        s.push_str(&format!(
+            "({} events lost: the event ring was full)\n",
+            r.lost
+        ));
     }
     s
 }

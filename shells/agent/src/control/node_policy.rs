@@ -33,10 +33,7 @@ pub struct NodePolicy {
 impl NodePolicy {
     /// `namespace/name` of policy `id` (as carried in flow verdicts).
     pub fn policy_name(&self, id: u16) -> Option<String> {
-        self.compiled
-            .policies
-            .get(usize::from(id))
-            .map(|p| p.key())
+        self.compiled.policies.get(usize::from(id)).map(|p| p.key())
     }
 
     /// The names of every policy, by id.
@@ -161,7 +158,10 @@ spec:
         )
         .unwrap();
         assert_eq!(p.local, vec![true, true, false, true]);
-        assert_eq!(p.policy_name(0).as_deref(), Some("default/web-allow-client"));
+        assert_eq!(
+            p.policy_name(0).as_deref(),
+            Some("default/web-allow-client")
+        );
         assert_eq!(p.pod_names[&IpAddr::V4(web)], "default/web");
         // Fill a table of the node's shape (the datapath's) and evaluate.
         let mut storage = p.compiled.leaked_storage();

@@ -287,7 +287,10 @@ endpoints:
         assert_eq!(http.name, "prod/web:http");
         assert_eq!(http.id, ServiceId(0));
         assert_eq!(http.frontends.len(), 2);
-        assert_eq!(http.frontends[0].addr, "10.96.0.10".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            http.frontends[0].addr,
+            "10.96.0.10".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(http.frontends[0].port, 80);
         assert_eq!(http.frontends[1].kind, FrontendKind::NodePort);
         assert_eq!(http.frontends[1].port, 30080);

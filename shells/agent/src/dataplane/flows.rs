@@ -252,7 +252,10 @@ mod tests {
             }),
         };
         log.record(
-            &event(EventOutcome::Dropped(DropReason::PolicyDeniedIngress), Some(deny)),
+            &event(
+                EventOutcome::Dropped(DropReason::PolicyDeniedIngress),
+                Some(deny),
+            ),
             SystemTime::UNIX_EPOCH,
         );
         log.record(

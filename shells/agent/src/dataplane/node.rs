@@ -42,9 +42,9 @@ use std::sync::Arc;
 
 use super::flows::{FlowLog, Names};
 use super::forward::Forwarder;
+use super::worker::{self, Command, WorkerHandle};
 use crate::control::node_policy::NodePolicy;
 use crate::control::services::ServicePlan;
-use super::worker::{self, Command, WorkerHandle};
 
 /// Table sizes.
 #[derive(Debug, Clone, Copy)]
@@ -322,11 +322,7 @@ impl Dataplane {
                 let r = t
                     .upsert_service(e.id, e.config)
                     .and_then(|()| t.set_backends(e.id, &e.backends))
-                    .and_then(|()| {
-                        e.frontends
-                            .iter()
-                            .try_for_each(|f| t.add_frontend(*f))
-                    });
+                    .and_then(|()| e.frontends.iter().try_for_each(|f| t.add_frontend(*f)));
                 if let Err(err) = r {
                     t.remove_service(e.id);
                     errors.push(format!("service {}: {err:?}", e.name));
