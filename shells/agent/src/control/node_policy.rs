@@ -105,7 +105,7 @@ pub fn compile_for_node(
 mod tests {
     use super::*;
     use crate::control::manifests::{parse, Manifests};
-    use podwire_core::policy::{PolicyStorage, PolicyTable};
+    use podwire_core::policy::PolicyTable;
     use std::path::Path;
 
     const YAML: &str = "
@@ -164,15 +164,7 @@ spec:
         );
         assert_eq!(p.pod_names[&IpAddr::V4(web)], "default/web");
         // Fill a table of the node's shape (the datapath's) and evaluate.
-        let mut storage = p.compiled.leaked_storage();
-        let mut t = PolicyTable::new(PolicyStorage {
-            addresses: &mut storage.addresses[..],
-            endpoint_policies: &mut storage.endpoint_policies[..],
-            rules: &mut storage.rules[..],
-            ports: &mut storage.ports[..],
-            peers: &mut storage.peers[..],
-            prefixes: &mut storage.prefixes[..],
-        });
+        let mut t = PolicyTable::new(p.compiled.leaked_storage());
         p.compiled.fill(&mut t, |i| p.local[i]).unwrap();
         let ok = |from: Ipv4Addr, to: Ipv4Addr, port| {
             t.evaluate_connection(from.into(), to.into(), port, 6)
