@@ -1,7 +1,7 @@
 //! NetworkPolicy and Services in the running agent, end to end (root, netns only):
 //! pods created through `podwire-cni`, real TCP and UDP between them, the manifests
 //! file rewritten while the agent runs, `podwire drops` explaining a denied
-//! connection, and a ClusterIP answered by the datapath's DNAT.
+//! connection, and a ClusterIP (and a NodePort) answered by the datapath's DNAT.
 //!
 //! Timing: a change must take effect "within a second"; the tests poll with a
 //! generous timeout (10 s) and print how long it took (no timing assertion).
@@ -310,8 +310,9 @@ apiVersion: v1
 kind: Service
 metadata: {{name: web, namespace: default}}
 spec:
+  type: NodePort
   clusterIP: {vip}
-  ports: [{{name: http, port: 80, targetPort: {TCP_PORT}}}, {{name: dns, port: 53, protocol: UDP, targetPort: {UDP_PORT}}}]
+  ports: [{{name: http, port: 80, targetPort: {TCP_PORT}, nodePort: 30080}}, {{name: dns, port: 53, protocol: UDP, targetPort: {UDP_PORT}}}]
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -358,6 +359,15 @@ endpoints:
         "the reply comes from the ClusterIP"
     );
     assert_eq!(from.0, client.to_string());
+    // NodePort: a pod reaching the node's InternalIP on the node port.
+    let node_port = SocketAddr::from(([192, 168, 99, 1], 30080));
+    let (said, peer) = tcp_try(&client_ns, node_port, Duration::from_secs(5)).expect("NodePort");
+    assert_eq!(peer, node_port);
+    assert_eq!(
+        said,
+        client.to_string(),
+        "the backend sees the client's pod IP"
+    );
     // The flow log shows the translation (it is drained every few milliseconds).
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
