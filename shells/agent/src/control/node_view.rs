@@ -206,7 +206,7 @@ impl ClusterView {
             .collect::<HashMap<_, _>>();
         // Reject an invalid NetworkPolicy as the API server would, naming the object
         // and the field: the last good state keeps running.
-        if let Err(e) = super::policy_compiler::compile(&state) {
+        if let Err(e) = super::policy_compiler::validate(&state) {
             return Err(ViewError {
                 object: format!("NetworkPolicy/{}", e.name),
                 field: e
@@ -273,6 +273,19 @@ metadata: {name: web, namespace: prod, labels: {app: web}}
             name: "web".into(),
         };
         assert_eq!(v.labels(&web).unwrap()["app"], "web");
+    }
+
+    #[test]
+    fn an_invalid_network_policy_rejects_the_view() {
+        let bad = format!(
+            "{TWO_NODES}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: prod}}\nspec:\n  podSelector: {{}}\n  ingress: [{{ports: [{{port: 81, endPort: 80}}]}}]\n"
+        );
+        let e = ClusterView::build(&objects(&bad), "n1").unwrap_err();
+        assert_eq!(e.object, "NetworkPolicy/prod/p");
+        assert_eq!(e.field, "spec.ingress[0].ports[0].endPort");
+        let good = bad.replace("endPort: 80", "endPort: 90");
+        let v = ClusterView::build(&objects(&good), "n1").unwrap();
+        assert_eq!(v.state.policies.len(), 1);
     }
 
     #[test]

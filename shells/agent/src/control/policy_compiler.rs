@@ -495,9 +495,13 @@ fn port_range(protocol: Protocol, first: u16, last: u16) -> PortRange {
     }
 }
 
-/// Compiles the cluster's policies. Fails on the first invalid policy (by name order).
-pub fn compile(cluster: &ClusterState) -> Result<CompiledPolicy, CompileError> {
-    // Step 1.
+/// Validates the cluster's policies as the API server would, without compiling
+/// (step 1 only). Fails on the first invalid policy (by name order).
+pub fn validate(cluster: &ClusterState) -> Result<(), CompileError> {
+    normalise_all(cluster).map(|_| ())
+}
+
+fn normalise_all(cluster: &ClusterState) -> Result<Vec<NormPolicy>, CompileError> {
     let mut policies: Vec<NormPolicy> = cluster
         .policies
         .iter()
@@ -522,6 +526,13 @@ pub fn compile(cluster: &ClusterState) -> Result<CompiledPolicy, CompileError> {
             errors: vec![FieldError::forbidden("", "more than 65535 NetworkPolicies")],
         });
     }
+    Ok(policies)
+}
+
+/// Compiles the cluster's policies. Fails on the first invalid policy (by name order).
+pub fn compile(cluster: &ClusterState) -> Result<CompiledPolicy, CompileError> {
+    // Step 1.
+    let policies = normalise_all(cluster)?;
     // Step 2: identities.
     let mut out = CompiledPolicy::default();
     let mut by_info: HashMap<IdentityInfo, Identity> = HashMap::new();
