@@ -244,6 +244,7 @@ fn network_policy_is_enforced_on_real_traffic_and_changes_apply_live() {
     assert_eq!(drop["src_pod"], "default/other");
     assert_eq!(drop["dst_pod"], "default/web");
     let table = c.podwire(&["drops"]).unwrap();
+    eprintln!("podwire drops:\n{table}");
     assert!(
         table.contains("POLICY") && table.contains("default/other") && table.contains(by),
         "{table}"
