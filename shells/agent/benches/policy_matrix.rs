@@ -29,7 +29,7 @@ impl Rng {
 
 const TIERS: [&str; 4] = ["web", "api", "db", "cache"];
 
-fn manifests() -> Manifests {
+pub fn manifests() -> Manifests {
     let mut rng = Rng(1);
     let mut m = Manifests::default();
     let n_ns = 100;

@@ -35,6 +35,12 @@ pub enum Request {
     Routes,
     /// Pod CIDR usage (`podwire ipam`).
     Ipam,
+    /// Recent flow events of the datapath (`podwire flows`, `podwire drops`).
+    Flows {
+        /// Only dropped flows.
+        #[serde(default)]
+        drops_only: bool,
+    },
 }
 
 /// A pod's Kubernetes identity, from `CNI_ARGS`.
@@ -89,11 +95,54 @@ pub enum Response {
     Routes(Vec<RouteRow>),
     /// IPAM usage.
     Ipam(IpamReport),
+    /// Recent flow events.
+    Flows(FlowReport),
     /// The request could not be served.
     Error(String),
 }
 
 /// One subsystem's state.
+/// Recent flow events of the datapath, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct FlowReport {
+    /// The events kept (a bounded log).
+    pub flows: Vec<FlowRow>,
+    /// Events the datapath could not hand over (its ring was full).
+    pub lost: u64,
+}
+
+/// One verdict of the datapath on a new flow, or a drop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRow {
+    /// Wall-clock time (RFC 3339, UTC) when the agent received the event.
+    pub time: String,
+    /// Source address.
+    pub src: IpAddr,
+    /// Source port (ICMP: identifier).
+    pub src_port: u16,
+    /// `namespace/name` of the source pod, if known.
+    pub src_pod: Option<String>,
+    /// Destination address (as sent: a ClusterIP stays a ClusterIP).
+    pub dst: IpAddr,
+    /// Destination port.
+    pub dst_port: u16,
+    /// `namespace/name` of the destination pod (after service translation), if known.
+    pub dst_pod: Option<String>,
+    /// `TCP`, `UDP`, `ICMP`, `SCTP` or the protocol number.
+    pub protocol: String,
+    /// `delivered`, `encapsulated`, `rejected` or `dropped`.
+    pub outcome: String,
+    /// The drop reason (`policy_denied_ingress`...), for drops.
+    pub reason: Option<String>,
+    /// For policy drops, the direction that denied (`ingress` / `egress`).
+    pub direction: Option<String>,
+    /// For policy drops, `namespace/name` of the NetworkPolicy that isolated the pod;
+    /// for allowed flows, the policy whose rule allowed it (if the pod is isolated).
+    pub policy: Option<String>,
+    /// The backend, when a service translated the flow (`IP:port`).
+    pub translated: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusLine {
     /// The subsystem (`Cluster`, `IPAM`, `Datapath`, ...).

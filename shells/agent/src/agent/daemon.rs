@@ -224,7 +224,10 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         },
         pods,
         socket: config.socket.clone(),
+        enforcement: Default::default(),
     }));
+    // Policy and services are in force before the first CNI request is served.
+    shared.lock().await.enforce().await;
     let reload = tokio::spawn(reload_loop(shared.clone(), config.clone(), fp));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = loop {
@@ -327,6 +330,7 @@ async fn reload_loop<N: Netlink>(
                 s.cluster.last_error = None;
                 s.cluster.loaded_at = SystemTime::now();
                 tracing::info!(generation = s.cluster.generation, "cluster state reloaded");
+                s.enforce().await;
             }
             Ok(Err(e)) => record_error(&shared, e.to_string()).await,
             Err(_) => {}

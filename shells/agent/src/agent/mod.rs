@@ -2,5 +2,6 @@
 //! and cluster-state reloads.
 
 pub mod daemon;
+pub mod enforce;
 pub mod pods;
 pub mod state;

@@ -130,6 +130,11 @@ impl<N: Netlink> Pods<N> {
         self.dataplane = Some(dp);
     }
 
+    /// The running dataplane, if attached.
+    pub fn dataplane_mut(&mut self) -> Option<&mut Dataplane> {
+        self.dataplane.as_mut()
+    }
+
     /// The host port's first TAP queue (duplicated), for the dataplane.
     pub fn host_queue(&self) -> Option<std::os::fd::OwnedFd> {
         self.ports

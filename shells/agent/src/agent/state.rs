@@ -41,6 +41,8 @@ pub struct Shared<N: Netlink> {
     pub pods: Pods<N>,
     /// The socket path (for status).
     pub socket: PathBuf,
+    /// What the last policy/service installation did.
+    pub enforcement: crate::agent::enforce::EnforceStatus,
 }
 
 fn line(subsystem: &str, state: &str, detail: String) -> StatusLine {
@@ -56,7 +58,13 @@ impl<N: Netlink> Shared<N> {
     pub async fn handle(&mut self, request: Request) -> Response {
         match request {
             Request::Cni(req) => match self.cni(&req).await {
-                Ok(r) => Response::Cni(r),
+                Ok(r) => {
+                    // A pod came or went: its address joins or leaves the policy.
+                    if matches!(req.command, Command::Add | Command::Del) {
+                        self.enforce().await;
+                    }
+                    Response::Cni(r)
+                }
                 Err(e) => {
                     tracing::warn!(command = ?req.command, container = ?req.container_id, error = %e, "CNI request failed");
                     Response::CniError(e)
@@ -66,6 +74,10 @@ impl<N: Netlink> Shared<N> {
             Request::Pods => Response::Pods(self.pods.rows(Some(&self.cluster.view))),
             Request::Routes => Response::Routes(self.routes()),
             Request::Ipam => Response::Ipam(self.pods.ipam_report()),
+            Request::Flows { drops_only } => match self.pods.dataplane_mut() {
+                Some(dp) => Response::Flows(dp.flows().report(drops_only)),
+                None => Response::Error("no dataplane".into()),
+            },
         }
     }
 
@@ -137,6 +149,22 @@ impl<N: Netlink> Shared<N> {
                 ),
             )),
         }
+        let e = &self.enforcement;
+        lines.push(line(
+            "Policy",
+            if e.error.is_some() { "Error" } else { "Ok" },
+            format!(
+                "{} policies, {} identities, {} local endpoints; compile {} us + install {} us ({} installs), {} service ports{}",
+                e.policies,
+                e.identities,
+                e.local_pods,
+                e.compile.as_micros(),
+                e.fill.as_micros(),
+                e.count,
+                e.services,
+                e.error.as_ref().map(|x| format!(": {x}")).unwrap_or_default()
+            ),
+        ));
         lines.push(line(
             "Node",
             "Ok",

@@ -79,7 +79,7 @@ pub struct AgentArgs {
     #[arg(long)]
     pub underlay_mtu: Option<u32>,
     /// How often to check the manifests for changes, in milliseconds.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 250)]
     pub reload_interval_ms: u64,
     /// TAP queues per pod interface.
     #[arg(long, default_value_t = 1)]
@@ -114,6 +114,17 @@ pub enum Command {
     /// A local cluster of network namespaces: up, status, exec, down, demo.
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    /// Recent drops of the datapath, with the reason and, for NetworkPolicy drops,
+    /// the policy that isolated the pod.
+    Drops(ViewArgs),
+    /// Recent flow verdicts of the datapath (new connections and drops).
+    Flows {
+        /// Only drops (the same as `podwire drops`).
+        #[arg(long)]
+        drops: bool,
+        #[command(flatten)]
+        view: ViewArgs,
+    },
     /// Install the CNI conflist and plugin binary (as a DaemonSet init container does).
     InstallCni {
         /// CNI configuration directory.
@@ -153,6 +164,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pods(v) => show::pods(&v)?,
         Command::Routes(v) => show::routes(&v)?,
         Command::Ipam(v) => show::ipam(&v)?,
+        Command::Drops(v) => show::flows(&v, true)?,
+        Command::Flows { drops, view } => show::flows(&view, drops)?,
         Command::InstallCni {
             conf_dir,
             bin_dir,

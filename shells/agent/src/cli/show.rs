@@ -1,4 +1,4 @@
-//! `podwire status|pods|routes|ipam`: ask the agent, render the answer.
+//! `podwire status|pods|routes|ipam|flows|drops`: ask the agent, render the answer.
 
 use std::time::Duration;
 
@@ -142,4 +142,61 @@ pub fn ipam(args: &ViewArgs) -> Result<()> {
         ));
         s
     })?)
+}
+
+/// `podwire flows [--drops]` and `podwire drops`: the datapath's recent verdicts.
+pub fn flows(args: &ViewArgs, drops_only: bool) -> Result<()> {
+    let Response::Flows(report) = ask(args, Request::Flows { drops_only })? else {
+        bail!("unexpected response")
+    };
+    print(render(args.output, &report, |r| flow_table(r, drops_only))?)
+}
+
+fn endpoint(ip: &std::net::IpAddr, port: u16, pod: &Option<String>) -> String {
+    match pod {
+        Some(p) => format!("{p} ({ip}:{port})"),
+        None => format!("{ip}:{port}"),
+    }
+}
+
+/// The table of `podwire flows` / `podwire drops`.
+pub fn flow_table(r: &api::FlowReport, drops_only: bool) -> String {
+    let rows: Vec<Vec<String>> = r
+        .flows
+        .iter()
+        .map(|f| {
+            let mut row = vec![
+                f.time.clone(),
+                f.protocol.clone(),
+                endpoint(&f.src, f.src_port, &f.src_pod),
+                match &f.translated {
+                    Some(t) => format!("{}:{} -> {t}", f.dst, f.dst_port),
+                    None => endpoint(&f.dst, f.dst_port, &f.dst_pod),
+                },
+            ];
+            if !drops_only {
+                row.push(f.outcome.clone());
+            }
+            row.push(f.reason.clone().unwrap_or_else(|| "-".into()));
+            row.push(match (&f.direction, &f.policy) {
+                (Some(d), Some(p)) => format!("{p} ({d})"),
+                (None, Some(p)) => p.clone(),
+                _ => "-".into(),
+            });
+            row
+        })
+        .collect();
+    let mut headers = vec!["TIME", "PROTO", "SOURCE", "DESTINATION"];
+    if !drops_only {
+        headers.push("VERDICT");
+    }
+    headers.extend(["REASON", "POLICY"]);
+    let mut s = table(&headers, &rows);
+    if r.lost > 0 {
+        s.push_str(&format!(
+            "({} events lost: the event ring was full)\n",
+            r.lost
+        ));
+    }
+    s
 }

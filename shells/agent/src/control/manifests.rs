@@ -10,7 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -79,6 +80,10 @@ pub enum Object {
     Node(Box<Node>),
     /// A `networking.k8s.io/v1` NetworkPolicy.
     NetworkPolicy(Box<NetworkPolicy>),
+    /// A `v1` Service.
+    Service(Box<Service>),
+    /// A `discovery.k8s.io/v1` EndpointSlice.
+    EndpointSlice(Box<EndpointSlice>),
     /// A kind the agent does not use (yet).
     Other {
         /// Its kind.
@@ -97,6 +102,10 @@ pub struct Manifests {
     pub nodes: Vec<Node>,
     /// NetworkPolicies.
     pub network_policies: Vec<NetworkPolicy>,
+    /// Services.
+    pub services: Vec<Service>,
+    /// EndpointSlices.
+    pub endpoint_slices: Vec<EndpointSlice>,
     /// Number of objects of other kinds that were skipped.
     pub skipped: usize,
 }
@@ -110,6 +119,8 @@ impl Manifests {
                 Object::Pod(p) => self.pods.push(*p),
                 Object::Node(n) => self.nodes.push(*n),
                 Object::NetworkPolicy(p) => self.network_policies.push(*p),
+                Object::Service(x) => self.services.push(*x),
+                Object::EndpointSlice(x) => self.endpoint_slices.push(*x),
                 Object::Other { .. } => self.skipped += 1,
             }
         }
@@ -299,6 +310,16 @@ fn typed(
             let p = de::<NetworkPolicy>(doc).map_err(|(f, m)| field_error(f, m))?;
             out.push(Object::NetworkPolicy(Box::new(p)));
         }
+        "Service" => {
+            check_version("v1")?;
+            let x = de::<Service>(doc).map_err(|(f, m)| field_error(f, m))?;
+            out.push(Object::Service(Box::new(x)));
+        }
+        "EndpointSlice" => {
+            check_version("discovery.k8s.io/v1")?;
+            let x = de::<EndpointSlice>(doc).map_err(|(f, m)| field_error(f, m))?;
+            out.push(Object::EndpointSlice(Box::new(x)));
+        }
         _ => out.push(Object::Other { kind }),
     }
     Ok(())
@@ -336,7 +357,7 @@ spec:
   - ports: [{port: http}, {port: 81, endPort: 90, protocol: UDP}]
 ---
 apiVersion: v1
-kind: Service
+kind: ConfigMap
 metadata: {name: s, namespace: x}
 "#;
 

@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::Node;
 
 use super::cluster::ClusterState;
 use super::manifests::{self, Manifests};
+use super::services::{self, ServicePlan};
 use crate::api::PodRef;
 
 /// An invalid cluster state: which object, which field, what is wrong.
@@ -104,7 +105,7 @@ fn flannel_vtep_mac(node: &Node, object: &str) -> Result<Option<[u8; 6]>, ViewEr
 }
 
 /// What the node agent needs from the cluster state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ClusterView {
     /// This node.
     pub local: NodeInfo,
@@ -114,6 +115,11 @@ pub struct ClusterView {
     pub pod_labels: HashMap<PodRef, BTreeMap<String, String>>,
     /// Namespaces listed.
     pub namespaces: usize,
+    /// Namespaces, pods and NetworkPolicies (validated: the policies compile), the
+    /// input of the policy compiler.
+    pub state: ClusterState,
+    /// Services and their backends, compiled for the core.
+    pub services: ServicePlan,
 }
 
 fn node_info(node: &Node) -> Result<NodeInfo, ViewError> {
@@ -244,11 +250,27 @@ impl ClusterView {
                 )
             })
             .collect::<HashMap<_, _>>();
+        // Reject an invalid NetworkPolicy as the API server would, naming the object
+        // and the field: the last good state keeps running.
+        if let Err(e) = super::policy_compiler::validate(&state) {
+            return Err(ViewError {
+                object: format!("NetworkPolicy/{}", e.name),
+                field: e
+                    .errors
+                    .first()
+                    .map(|f| f.field.clone())
+                    .unwrap_or_default(),
+                message: e.to_string(),
+            });
+        }
+        let services = services::compile(&objects.services, &objects.endpoint_slices, &nodes);
         Ok(ClusterView {
             local: me,
             nodes,
             pod_labels,
             namespaces: objects.namespaces.len(),
+            state,
+            services,
         })
     }
 
@@ -297,6 +319,19 @@ metadata: {name: web, namespace: prod, labels: {app: web}}
             name: "web".into(),
         };
         assert_eq!(v.labels(&web).unwrap()["app"], "web");
+    }
+
+    #[test]
+    fn an_invalid_network_policy_rejects_the_view() {
+        let bad = format!(
+            "{TWO_NODES}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: prod}}\nspec:\n  podSelector: {{}}\n  ingress: [{{ports: [{{port: 81, endPort: 80}}]}}]\n"
+        );
+        let e = ClusterView::build(&objects(&bad), "n1").unwrap_err();
+        assert_eq!(e.object, "NetworkPolicy/prod/p");
+        assert_eq!(e.field, "spec.ingress[0].ports[0].endPort");
+        let good = bad.replace("endPort: 80", "endPort: 90");
+        let v = ClusterView::build(&objects(&good), "n1").unwrap();
+        assert_eq!(v.state.policies.len(), 1);
     }
 
     #[test]

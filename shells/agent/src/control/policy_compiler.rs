@@ -495,9 +495,13 @@ fn port_range(protocol: Protocol, first: u16, last: u16) -> PortRange {
     }
 }
 
-/// Compiles the cluster's policies. Fails on the first invalid policy (by name order).
-pub fn compile(cluster: &ClusterState) -> Result<CompiledPolicy, CompileError> {
-    // Step 1.
+/// Validates the cluster's policies as the API server would, without compiling
+/// (step 1 only). Fails on the first invalid policy (by name order).
+pub fn validate(cluster: &ClusterState) -> Result<(), CompileError> {
+    normalise_all(cluster).map(|_| ())
+}
+
+fn normalise_all(cluster: &ClusterState) -> Result<Vec<NormPolicy>, CompileError> {
     let mut policies: Vec<NormPolicy> = cluster
         .policies
         .iter()
@@ -522,6 +526,13 @@ pub fn compile(cluster: &ClusterState) -> Result<CompiledPolicy, CompileError> {
             errors: vec![FieldError::forbidden("", "more than 65535 NetworkPolicies")],
         });
     }
+    Ok(policies)
+}
+
+/// Compiles the cluster's policies. Fails on the first invalid policy (by name order).
+pub fn compile(cluster: &ClusterState) -> Result<CompiledPolicy, CompileError> {
+    // Step 1.
+    let policies = normalise_all(cluster)?;
     // Step 2: identities.
     let mut out = CompiledPolicy::default();
     let mut by_info: HashMap<IdentityInfo, Identity> = HashMap::new();
@@ -726,6 +737,24 @@ impl CompiledPolicy {
         }
     }
 
+    /// Storage for a policy table that lives as long as the process (the node
+    /// datapath's): this plan's sizes doubled, so later growth rarely needs more.
+    pub fn leaked_storage(&self) -> PolicyStorage<'static> {
+        let s = self.store();
+        fn leak<T: Clone>(v: Vec<T>, fill: T) -> &'static mut [T] {
+            let n = (v.len() * 2).max(64);
+            Box::leak(vec![fill; n].into_boxed_slice())
+        }
+        PolicyStorage {
+            addresses: leak(s.addresses, IpSlot::EMPTY),
+            endpoint_policies: leak(s.endpoint_policies, EndpointPolicy::default()),
+            rules: leak(s.rules, Rule::EMPTY),
+            ports: leak(s.ports, PortRange::ANY),
+            peers: leak(s.peers, Identity(0)),
+            prefixes: leak(s.prefixes, Prefix::EMPTY),
+        }
+    }
+
     /// Fills a policy table over `store`: every pod address with its identity, and the
     /// pods for which `local(pod index)` holds as local endpoints.
     pub fn table<'s>(
@@ -741,6 +770,21 @@ impl CompiledPolicy {
             peers: &mut store.peers,
             prefixes: &mut store.prefixes,
         });
+        self.fill(&mut t, local)?;
+        Ok(t)
+    }
+
+    /// Clears `t` and fills it with this plan: every pod address with its identity,
+    /// and the pods for which `local(pod index)` holds as local endpoints. This is how
+    /// both `policy check` (over a [`PolicyStore`]) and a node's datapath (its own
+    /// table) get the same compiled form. On an error (a full table) `t` is left
+    /// cleared-and-partial: the caller retries on bigger storage.
+    pub fn fill(
+        &self,
+        t: &mut PolicyTable<'_>,
+        local: impl Fn(usize) -> bool,
+    ) -> Result<(), PolicyError> {
+        t.clear();
         for c in &self.prefixes {
             t.add_prefix(*c)?;
         }
@@ -803,7 +847,7 @@ impl CompiledPolicy {
                 t.set_endpoint(ip, ep)?;
             }
         }
-        Ok(t)
+        Ok(())
     }
 }
 

@@ -36,8 +36,15 @@ use podwire_core::vxlan::{Vtep, VtepSlot, VtepTable, VxlanConfig};
 use podwire_core::wire::EthernetAddress;
 use podwire_core::Instant;
 
+use heapless::spsc::Queue;
+use podwire_core::datapath::FlowEvent;
+use std::sync::Arc;
+
+use super::flows::{FlowLog, Names};
 use super::forward::Forwarder;
 use super::worker::{self, Command, WorkerHandle};
+use crate::control::node_policy::NodePolicy;
+use crate::control::services::ServicePlan;
 
 /// Table sizes.
 #[derive(Debug, Clone, Copy)]
@@ -243,6 +250,20 @@ pub struct Stats {
 pub struct Dataplane {
     worker: WorkerHandle<Datapath<'static>>,
     remote: Vec<RemoteNode>,
+    flows: FlowLog,
+    services: ServicePlan,
+}
+
+/// Flow events the datapath can queue before the drain thread takes them.
+pub const EVENT_RING: usize = 1024;
+
+/// What installing a policy compilation cost, measured on the worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyInstall {
+    /// Time to clear and refill the datapath's policy table.
+    pub fill: Duration,
+    /// The table had to be reallocated (it outgrew its storage).
+    pub grew: bool,
 }
 
 impl Dataplane {
@@ -254,10 +275,16 @@ impl Dataplane {
         host_queue: OwnedFd,
         underlay: Option<UdpSocket>,
     ) -> Result<Dataplane, String> {
-        let dp = build(setup, sizes)?;
+        let mut dp = build(setup, sizes)?;
         if let Some(u) = &underlay {
             no_udp_checksum(u);
         }
+        // The flow-event ring lives as long as the process, like the tables.
+        let ring: &'static mut Queue<FlowEvent, EVENT_RING> = Box::leak(Box::default());
+        let (producer, consumer) = ring.split();
+        dp.events().connect(producer);
+        let flows = FlowLog::default();
+        flows.spawn_drain(consumer).map_err(|e| e.to_string())?;
         let worker = worker::spawn(dp, underlay).map_err(|e| e.to_string())?;
         worker
             .send(Command::AddPort(super::ports::HOST_PORT, host_queue))
@@ -265,7 +292,83 @@ impl Dataplane {
         Ok(Dataplane {
             worker,
             remote: Vec::new(),
+            flows,
+            services: ServicePlan::default(),
         })
+    }
+
+    /// The flow log (recent verdicts and drops).
+    pub fn flows(&self) -> &FlowLog {
+        &self.flows
+    }
+
+    /// Installs a node's policy compilation into the datapath's policy table (a full
+    /// refill, which starts a new policy epoch: tracked connections are re-evaluated
+    /// on their next packet). Waits for the worker; the table grows if needed.
+    pub async fn install_policy(&self, policy: Arc<NodePolicy>) -> Result<PolicyInstall, String> {
+        self.flows.set_names(Names {
+            policies: policy.policy_names(),
+            pods: policy.pod_names.clone(),
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.apply(move |dp| {
+            let started = std::time::Instant::now();
+            let local = |i: usize| policy.local.get(i).copied().unwrap_or(false);
+            let mut grew = false;
+            let mut result = policy.compiled.fill(dp.policy_mut(), local);
+            if result.is_err() {
+                // Outgrown: a new table over storage sized for this compilation. The
+                // old storage is leaked (growth doubles, so this stays rare).
+                *dp.policy_mut() = PolicyTable::new(policy.compiled.leaked_storage());
+                grew = true;
+                result = policy.compiled.fill(dp.policy_mut(), local);
+            }
+            let _ = tx.send(result.map(|()| PolicyInstall {
+                fill: started.elapsed(),
+                grew,
+            }));
+        });
+        match tokio::time::timeout(Duration::from_secs(5), rx).await {
+            Ok(Ok(r)) => r.map_err(|e| format!("policy table: {e:?}")),
+            _ => Err("the dataplane worker did not answer".into()),
+        }
+    }
+
+    /// Makes the datapath's services exactly `plan` (nothing happens if it did not
+    /// change). Returns the errors of the entries that did not fit.
+    pub async fn install_services(&mut self, plan: ServicePlan) -> Vec<String> {
+        if plan == self.services {
+            return Vec::new();
+        }
+        let old = std::mem::replace(&mut self.services, plan.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.apply(move |dp| {
+            let t = dp.services_mut();
+            let mut errors = Vec::new();
+            for e in &old.entries {
+                if plan.entries.get(usize::from(e.id.0)) != Some(e) {
+                    t.remove_service(e.id);
+                }
+            }
+            for e in &plan.entries {
+                if old.entries.get(usize::from(e.id.0)) == Some(e) {
+                    continue;
+                }
+                let r = t
+                    .upsert_service(e.id, e.config)
+                    .and_then(|()| t.set_backends(e.id, &e.backends))
+                    .and_then(|()| e.frontends.iter().try_for_each(|f| t.add_frontend(*f)));
+                if let Err(err) = r {
+                    t.remove_service(e.id);
+                    errors.push(format!("service {}: {err:?}", e.name));
+                }
+            }
+            let _ = tx.send(errors);
+        });
+        match tokio::time::timeout(Duration::from_secs(5), rx).await {
+            Ok(Ok(errors)) => errors,
+            _ => vec!["the dataplane worker did not answer".into()],
+        }
     }
 
     fn apply(&self, f: impl FnOnce(&mut Datapath<'static>) + Send + 'static) {
@@ -357,7 +460,9 @@ impl Dataplane {
     /// The datapath's counters (waits up to a second for the worker).
     pub fn stats(&self) -> Option<Stats> {
         let (tx, rx) = mpsc::channel();
+        let flows = self.flows.clone();
         self.apply(move |dp| {
+            flows.set_lost(dp.events().lost());
             let _ = tx.send(Stats {
                 stats: dp.stats(),
                 drops: dp
