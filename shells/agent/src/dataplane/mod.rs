@@ -6,7 +6,9 @@
 //! [`node::Dataplane`].
 
 pub mod forward;
+pub mod gso;
 pub mod node;
 pub mod ports;
 pub mod tap;
+pub mod vnet;
 pub mod worker;
