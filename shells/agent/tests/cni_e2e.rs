@@ -488,8 +488,7 @@ fn a_large_tcp_transfer_between_same_node_pods_runs_on_super_frames() {
     let before = tx_packets(&client_ns);
     let to: std::net::SocketAddr = (server.ip(), 9000).into();
     let reply = in_netns(&client_ns, move || {
-        let mut s =
-            std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(5))?;
+        let mut s = std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(5))?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
         let data: Vec<u8> = (0..LEN).map(pattern).collect();
         s.write_all(&data)?;

@@ -347,6 +347,163 @@ mod tests {
         assert_eq!(sink.underlay[0].2, (120..128).collect::<Vec<u8>>());
     }
 
+    /// A forwarder that knows no offloads (the trait's default `process_with`) and
+    /// sends every plain frame to the overlay, as the core does for a remote pod.
+    struct ToOverlay(usize);
+    impl Forwarder for ToOverlay {
+        fn process(&mut self, _: Instant, _: Ingress, _: &mut [u8], frame: Span) -> Action {
+            self.0 += 1;
+            Action::Encap(Encapsulated {
+                node: NodeId(2),
+                remote: "192.168.50.12".parse().unwrap(),
+                remote_port: 8472,
+                source_port: 40000,
+                outer_frame: frame,
+                udp_payload: frame,
+            })
+        }
+    }
+
+    fn placed(frame: &[u8]) -> (Vec<u8>, Span) {
+        let mut buf = vec![0u8; HEADROOM];
+        buf.extend_from_slice(frame);
+        (
+            buf,
+            Span {
+                start: HEADROOM,
+                len: frame.len(),
+            },
+        )
+    }
+
+    #[test]
+    fn offloaded_frames_for_the_overlay_are_segmented_in_software() {
+        use crate::dataplane::gso::tests::{l4_verifies, partial_tcp};
+        let payload: Vec<u8> = (0..4500u32).map(|i| (i * 13) as u8).collect();
+        let (frame, hdr) = partial_tcp(&payload, 0x18);
+        let (mut buf, span) = placed(&frame);
+        let mut scratch = vec![0u8; BUFFER_LEN];
+        let mut fwd = ToOverlay(0);
+        let mut sink = Sink::default();
+        let now = Instant::from_millis(0);
+        let out = forward_frame(
+            &mut fwd,
+            now,
+            Ingress::Port(PortId(1)),
+            &mut buf,
+            span,
+            hdr,
+            &mut scratch,
+            &mut sink,
+        )
+        .unwrap();
+        assert!(matches!(out, Outcome::Sent(Action::Encap(_))));
+        assert_eq!(fwd.0, 5, "4500 bytes in segments of 1000");
+        assert_eq!(sink.underlay.len(), 5);
+        let mut joined = Vec::new();
+        for (_, _, seg) in &sink.underlay {
+            assert!(seg.len() <= 14 + 40 + 1000);
+            assert!(l4_verifies(seg));
+            joined.extend_from_slice(&seg[54..]);
+        }
+        assert_eq!(joined, payload);
+
+        // A partial checksum alone is completed in place and sent as one frame.
+        let (frame, mut hdr) = partial_tcp(&payload[..900], 0x18);
+        hdr.gso_type = 0;
+        let (mut buf, span) = placed(&frame);
+        let mut sink = Sink::default();
+        let out = forward_frame(
+            &mut fwd,
+            now,
+            Ingress::Port(PortId(1)),
+            &mut buf,
+            span,
+            hdr,
+            &mut scratch,
+            &mut sink,
+        )
+        .unwrap();
+        assert!(matches!(out, Outcome::Sent(_)));
+        assert_eq!(sink.underlay.len(), 1);
+        assert!(l4_verifies(&sink.underlay[0].2));
+    }
+
+    #[test]
+    fn delivered_offloaded_frames_keep_their_header() {
+        use crate::dataplane::gso::tests::partial_tcp;
+        /// Delivers everything to port 2 (knows offloads).
+        struct Local;
+        impl Forwarder for Local {
+            fn process(&mut self, _: Instant, _: Ingress, _: &mut [u8], frame: Span) -> Action {
+                Action::Deliver {
+                    port: PortId(2),
+                    frame,
+                }
+            }
+            fn process_with(
+                &mut self,
+                now: Instant,
+                ingress: Ingress,
+                buf: &mut [u8],
+                frame: Span,
+                _: FrameMeta,
+            ) -> Action {
+                self.process(now, ingress, buf, frame)
+            }
+        }
+        #[derive(Default)]
+        struct HdrSink(Vec<(PortId, VnetHdr, usize)>);
+        impl Egress for HdrSink {
+            fn to_port(&mut self, port: PortId, frame: &[u8]) -> io::Result<()> {
+                self.0.push((port, VnetHdr::NONE, frame.len()));
+                Ok(())
+            }
+            fn to_port_offloaded(
+                &mut self,
+                port: PortId,
+                hdr: &VnetHdr,
+                frame: &[u8],
+            ) -> io::Result<()> {
+                self.0.push((port, *hdr, frame.len()));
+                Ok(())
+            }
+            fn to_underlay(&mut self, _: SocketAddr, _: u16, _: &[u8]) -> io::Result<()> {
+                unreachable!()
+            }
+        }
+        let (frame, hdr) = partial_tcp(&[7u8; 30_000], 0x10);
+        let (mut buf, span) = placed(&frame);
+        let mut sink = HdrSink::default();
+        let out = forward_frame(
+            &mut Local,
+            Instant::from_millis(0),
+            Ingress::Port(PortId(1)),
+            &mut buf,
+            span,
+            hdr,
+            &mut [],
+            &mut sink,
+        )
+        .unwrap();
+        assert!(matches!(out, Outcome::Sent(_)));
+        assert_eq!(sink.0, vec![(PortId(2), hdr, frame.len())]);
+        // An egress that cannot write offloaded frames refuses rather than writing
+        // a super-frame without its header.
+        let (mut buf, span) = placed(&frame);
+        let err = forward_frame(
+            &mut Local,
+            Instant::from_millis(0),
+            Ingress::Port(PortId(1)),
+            &mut buf,
+            span,
+            hdr,
+            &mut [],
+            &mut Sink::default(),
+        );
+        assert_eq!(err.unwrap_err().kind(), io::ErrorKind::Unsupported);
+    }
+
     #[test]
     fn frames_are_read_with_headroom_and_written_with_a_vnet_header() {
         use crate::dataplane::tap::{Tap, TapOptions};

@@ -176,7 +176,7 @@ pub fn segment(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::dataplane::vnet::{F_NEEDS_CSUM, GSO_TCPV6};
 
@@ -199,7 +199,7 @@ mod tests {
 
     /// A TCP segment whose checksum field holds the partial (pseudo-header) sum, as a
     /// kernel with TX checksum offload writes it.
-    fn partial_tcp(payload: &[u8], flags: u8) -> (Vec<u8>, VnetHdr) {
+    pub(crate) fn partial_tcp(payload: &[u8], flags: u8) -> (Vec<u8>, VnetHdr) {
         let mut tcp = vec![0u8; 20];
         put16(&mut tcp, 0, 40000);
         put16(&mut tcp, 2, 5201);
@@ -223,7 +223,7 @@ mod tests {
     }
 
     /// Whether the TCP or UDP checksum of an IPv4 frame verifies.
-    fn l4_verifies(f: &[u8]) -> bool {
+    pub(crate) fn l4_verifies(f: &[u8]) -> bool {
         let end = ipv4_end(f).unwrap();
         let p = pseudo_v4(&f[14..], f[23], (end - 34) as u16);
         checksum::add(p, checksum::sum(&f[34..end])) == 0xffff
