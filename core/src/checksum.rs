@@ -109,6 +109,19 @@ impl Delta {
         !add(!checksum, self.0)
     }
 
+    /// The *partial* checksum field `field` adjusted by this delta. A packet whose L4
+    /// checksum is left to the device that transmits it (Linux `CHECKSUM_PARTIAL`,
+    /// `virtio_net_hdr` `NEEDS_CSUM`) holds in its TCP/UDP checksum field the one's
+    /// complement sum of the pseudo-header, *not* complemented; the device sums the
+    /// rest. So a pseudo-header change (an address) is added to the field as is —
+    /// `~update(~field)`, Linux `inet_proto_csum_replace4` with `pseudohdr` on a
+    /// partial skb — and a change of the covered data (a port) must not be applied at
+    /// all: the device will sum the new value. No UDP zero rule applies either.
+    #[inline]
+    pub fn apply_partial(self, field: u16) -> u16 {
+        add(field, self.0)
+    }
+
     /// [`Delta::apply`] with the UDP-over-IPv4 rules of [`update16_udp`].
     #[inline]
     pub fn apply_udp(self, checksum: u16) -> u16 {
@@ -268,6 +281,43 @@ mod tests {
             for &(o, n) in &changes { d.change16(o, n); seq = update16(seq, o, n); }
             for &(o, n) in &wide { d.change32(o, n); seq = update32(seq, o, n); }
             prop_assert_eq!(d.apply(c), seq);
+        }
+
+        #[test]
+        fn partial_field_follows_the_pseudo_header(
+            src in any::<u32>(), dst in any::<u32>(), new_src in any::<u32>(),
+            new_dst in any::<u32>(), len in 1u16.., data in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            // A TCP segment whose field holds the partial sum; after an address change
+            // with the partial rule, the device's final checksum equals a checksum of
+            // the translated segment computed from scratch.
+            let pseudo = |s: u32, d: u32| {
+                let mut p: Vec<u8> = Vec::new();
+                p.extend_from_slice(&s.to_be_bytes());
+                p.extend_from_slice(&d.to_be_bytes());
+                p.extend_from_slice(&[0, 6]);
+                p.extend_from_slice(&len.to_be_bytes());
+                sum(&p)
+            };
+            let field = pseudo(src, dst);
+            let mut delta = Delta::NONE;
+            delta.change32(src, new_src);
+            delta.change32(dst, new_dst);
+            let field = delta.apply_partial(field);
+            // Compare as one's complement values (0x0000 and 0xFFFF are both zero).
+            let norm = |x: u16| if x == 0xffff { 0 } else { x };
+            prop_assert_eq!(norm(field), norm(pseudo(new_src, new_dst)));
+            let mut seg = std::vec![0u8, 0];
+            seg.extend_from_slice(&data);
+            let device = |f: u16| {
+                let mut s = seg.clone();
+                s[0..2].copy_from_slice(&f.to_be_bytes());
+                !sum(&s)
+            };
+            let scratch = !add(pseudo(new_src, new_dst), sum(&seg));
+            prop_assert_eq!(norm(device(field)), norm(scratch));
+            // And it is the complement-domain update: ~apply(~field).
+            prop_assert_eq!(delta.apply_partial(0x1234), !delta.apply(!0x1234));
         }
 
         #[test]

@@ -27,6 +27,12 @@
 //!    fragmentation needed: VXLAN never fragments), NAT rewrite with incremental
 //!    checksums, TTL decrement, MAC rewrite, encapsulation in place.
 //!
+//! **Offloads.** [`Datapath::process_with`] takes a frame's offload state
+//! ([`FrameMeta`]): GSO super-frames of up to 64 KiB and partial checksums pass
+//! between local ports as they are (NAT keeps a partial checksum partial), are
+//! measured against the underlay MTU by their segments, and are handed back to the
+//! shell untouched (`Drop(NeedsSoftwareOffload)`) when routed to the overlay.
+//!
 //! Connections opened by the node itself (from its gateway or underlay address) are not
 //! subject to NetworkPolicy, as in Calico and Cilium: kubelet probes must always reach
 //! their pods. Everything else — pods, remote nodes, external clients of a NodePort —
@@ -36,6 +42,7 @@ mod action;
 mod arp;
 mod drop;
 mod event;
+mod meta;
 mod parse;
 mod ports;
 mod reject;
@@ -52,7 +59,7 @@ use crate::checksum;
 use crate::conntrack::{self, ConnTrack, Direction, Nat, NatTarget};
 use crate::flow::{FlowKey, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use crate::ids::{NodeId, PortId};
-use crate::nat::{self, Rewrite};
+use crate::nat::{self, ChecksumMode, Rewrite};
 use crate::policy::{AllowReason, ConnVerdict, PolicyTable, Verdict};
 use crate::route::{Ipv4Prefix, Ipv4RouteTable, NextHop};
 use crate::service::{Decision, ServiceId, ServiceQuery, ServiceTable};
@@ -63,6 +70,7 @@ use crate::Instant;
 pub use action::{Action, Encapsulated, Ingress, Span};
 pub use drop::{DropCounters, DropReason};
 pub use event::{EventOutcome, EventSink, EventSource, FlowEvent};
+pub use meta::FrameMeta;
 pub use ports::{PortError, PortKind, PortTable};
 
 use parse::{parse_frame, Ipv4Summary, Parsed};
@@ -251,7 +259,8 @@ impl<'a> Datapath<'a> {
     }
 
     /// Processes the frame `buf[frame]` that arrived on `ingress` at `now`, in place.
-    /// `buf` should leave [`HEADROOM`] bytes before the frame.
+    /// `buf` should leave [`HEADROOM`] bytes before the frame. The frame is plain: no
+    /// offload ([`FrameMeta::PLAIN`]).
     pub fn process(
         &mut self,
         now: Instant,
@@ -259,10 +268,33 @@ impl<'a> Datapath<'a> {
         buf: &mut [u8],
         frame: Span,
     ) -> Action {
+        self.process_with(now, ingress, buf, frame, FrameMeta::PLAIN)
+    }
+
+    /// [`Datapath::process`] for a frame with the offload state `meta`, as a TAP or NIC
+    /// with offloads reports it (see [`FrameMeta`]). A frame from a local port may
+    /// then be a GSO super-frame longer than the MTU and carry a partial L4 checksum:
+    /// - delivered to a local port, it keeps both (its layout is unchanged, so the
+    ///   shell writes it out with the same offload description);
+    /// - routed to the overlay, it comes back as `Drop(NeedsSoftwareOffload)` with
+    ///   nothing changed — neither the buffer nor connection tracking — and the shell
+    ///   segments it or completes its checksum and submits the results with
+    ///   [`FrameMeta::PLAIN`]; unless its segments exceed the underlay MTU, which is
+    ///   answered as for any packet (ICMP fragmentation needed).
+    ///
+    /// `meta` is ignored for frames from the underlay.
+    pub fn process_with(
+        &mut self,
+        now: Instant,
+        ingress: Ingress,
+        buf: &mut [u8],
+        frame: Span,
+        meta: FrameMeta,
+    ) -> Action {
         let action = match buf.get(frame.range()) {
             None => Action::Drop(DropReason::Truncated),
             Some(_) => match ingress {
-                Ingress::Port(port) => self.ingress_port(now, port, buf, frame),
+                Ingress::Port(port) => self.ingress_port(now, port, buf, frame, meta),
                 Ingress::Underlay { source, .. } => self.ingress_socket(now, source, buf, frame),
             },
         };
@@ -279,7 +311,14 @@ impl<'a> Datapath<'a> {
     }
 
     /// A frame from a local port: a pod, the host, or a raw underlay device.
-    fn ingress_port(&mut self, now: Instant, port: PortId, buf: &mut [u8], frame: Span) -> Action {
+    fn ingress_port(
+        &mut self,
+        now: Instant,
+        port: PortId,
+        buf: &mut [u8],
+        frame: Span,
+        meta: FrameMeta,
+    ) -> Action {
         let Some(kind) = self.tables.ports.get(port) else {
             return Action::Drop(DropReason::UnknownPort);
         };
@@ -316,6 +355,7 @@ impl<'a> Datapath<'a> {
         match parsed {
             Parsed::Arp => self.answer_arp(kind, buf, frame),
             Parsed::Ipv4(packet) => {
+                let packet = Ipv4Summary { meta, ..packet };
                 if let PortKind::Pod { ip, .. } = kind {
                     if packet.src != ip {
                         return self.drop_event(now, origin, &packet, frame, DropReason::SpoofedIp);
@@ -452,6 +492,13 @@ impl<'a> Datapath<'a> {
                 entry.policy_epoch = epoch;
             }
         }
+        let hop = match self.route(origin, &translated) {
+            Ok(hop) => hop,
+            Err(reason) => return Fate::Drop(reason),
+        };
+        if self.needs_software_offload(packet, hop) {
+            return Fate::Done(Action::Drop(DropReason::NeedsSoftwareOffload));
+        }
         if !packet.icmp_error {
             // An invalid TCP transition is tolerated (as with nf_conntrack_tcp_loose):
             // the connection's owner decides, not the middlebox.
@@ -460,10 +507,6 @@ impl<'a> Datapath<'a> {
                 .conntrack
                 .update(id, dir, packet.tcp_flags, frame.len, now);
         }
-        let hop = match self.route(origin, &translated) {
-            Ok(hop) => hop,
-            Err(reason) => return Fate::Drop(reason),
-        };
         match Rewrite::between(&packet.key, &translated) {
             Ok(rewrite) => Fate::Forward(Decided {
                 translated,
@@ -529,6 +572,9 @@ impl<'a> Datapath<'a> {
             Ok(hop) => hop,
             Err(reason) => return Fate::Drop(reason),
         };
+        if self.needs_software_offload(packet, hop) {
+            return Fate::Done(Action::Drop(DropReason::NeedsSoftwareOffload));
+        }
         let verdict = self.connection_verdict(&key, &translated);
         if !verdict.is_allow() {
             let reason = policy_drop_reason(&verdict);
@@ -623,6 +669,20 @@ impl<'a> Datapath<'a> {
         reply.dst_port
     }
 
+    /// Whether an offloaded packet must go back to the shell: it is routed where
+    /// offloads do not reach — the overlay (if its segments fit the underlay MTU;
+    /// otherwise the MTU check answers it) or a raw underlay device.
+    fn needs_software_offload(&self, packet: &Ipv4Summary, hop: NextHop) -> bool {
+        if !packet.meta.is_offloaded() {
+            return false;
+        }
+        match hop {
+            NextHop::Node(_) => packet.wire_len() <= usize::from(self.config.vxlan.pod_mtu()),
+            NextHop::Gateway(_) => self.tables.ports.underlay().is_some(),
+            NextHop::Port(_) | NextHop::Host | NextHop::Blackhole => false,
+        }
+    }
+
     /// Where the translated packet goes. Traffic from the overlay may only be
     /// delivered locally.
     fn route(&self, origin: Origin, translated: &FlowKey) -> Result<NextHop, DropReason> {
@@ -693,10 +753,15 @@ impl<'a> Datapath<'a> {
         }
         let bytes = &mut buf[frame.range()];
         if !decided.rewrite.is_empty() {
-            let rewritten = if packet.icmp_error {
-                nat::translate_icmp_error_frame(bytes, &decided.rewrite)
+            let mode = if packet.meta.checksum_partial {
+                ChecksumMode::Partial
             } else {
-                nat::rewrite_frame(bytes, &decided.rewrite)
+                ChecksumMode::Complete
+            };
+            let rewritten = if packet.icmp_error {
+                nat::translate_icmp_error_frame_with(bytes, &decided.rewrite, mode)
+            } else {
+                nat::rewrite_frame_with(bytes, &decided.rewrite, mode)
             };
             if rewritten.is_err() {
                 return self.drop_event(now, origin, packet, frame, DropReason::NatFailed);
@@ -750,7 +815,7 @@ impl<'a> Datapath<'a> {
         let (reason, error) = if packet.ttl <= 1 {
             (DropReason::TtlExceeded, IcmpError::TimeExceeded)
         } else if matches!(hop, NextHop::Node(_))
-            && packet.end - packet.ip > self.config.vxlan.pod_mtu() as usize
+            && packet.wire_len() > self.config.vxlan.pod_mtu() as usize
         {
             if !packet.dont_fragment {
                 return Some(Action::Drop(DropReason::ExceedsUnderlayMtu));

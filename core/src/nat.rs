@@ -30,6 +30,15 @@
 //!   bytes into the ICMP message and IPv4 header lengths are multiples of 4, so every
 //!   quoted field sits on a 16-bit boundary of the ICMP message).
 //!
+//! **Partial checksums.** A packet from a device with checksum offload (Linux
+//! `CHECKSUM_PARTIAL`, a TAP frame with `NEEDS_CSUM`) carries in its TCP/UDP checksum
+//! field only the pseudo-header sum, uncomplemented; whoever transmits it sums the
+//! rest. [`ChecksumMode::Partial`] keeps such a field right: address changes are added
+//! to it uncomplemented ([`Delta::apply_partial`], as Linux's
+//! `inet_proto_csum_replace4` does for a partial skb), port and identifier changes are
+//! not applied (the final sum covers them), and no UDP zero rule applies. The IPv4
+//! header checksum is always complete.
+//!
 //! Limits: IPv4 only; non-first fragments carry no ports and are refused
 //! ([`NatError::Fragment`]) — a first fragment is rewritten correctly, since an
 //! incremental update of its L4 checksum stays valid for the reassembled datagram.
@@ -79,6 +88,19 @@ pub enum NatError {
     NotIcmpError,
     /// A rewrite between flow keys of different families or of IPv6 addresses.
     NotIpv4Rewrite,
+}
+
+/// What the L4 checksum field of a packet holds, which decides how NAT adjusts it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ChecksumMode {
+    /// The complete checksum: RFC 1624 incremental update of every changed word, with
+    /// the UDP zero rules.
+    #[default]
+    Complete,
+    /// The partial pseudo-header sum of a checksum-offloaded packet: only address
+    /// (pseudo-header) changes are added, uncomplemented; see the module documentation.
+    Partial,
 }
 
 /// The fields to replace in a packet: `None` leaves a field as it is.
@@ -327,7 +349,13 @@ fn plan_l4(protocol: u8, l4: &[u8], rw: &Rewrite, quoted: bool) -> Result<L4, Na
 /// Rewrites the IPv4 header at `ip` (addresses; header checksum) and the L4 header at
 /// `ip[header_len..]` per the plan. Returns the delta of every changed 16-bit word
 /// (relative to the start of `ip`, all aligned), for a checksum that covers them.
-fn apply(ip: &mut [u8], shape: &Ipv4Shape, l4: L4, rw: &Rewrite) -> Result<Delta, NatError> {
+fn apply(
+    ip: &mut [u8],
+    shape: &Ipv4Shape,
+    l4: L4,
+    rw: &Rewrite,
+    mode: ChecksumMode,
+) -> Result<Delta, NatError> {
     let mut all = Delta::NONE; // every word changed, for an enclosing ICMP checksum
     let mut ip_delta = Delta::NONE; // IPv4 header checksum
     let mut l4_delta = Delta::NONE; // L4 checksum: pseudo-header + ports/id
@@ -386,13 +414,17 @@ fn apply(ip: &mut [u8], shape: &Ipv4Shape, l4: L4, rw: &Rewrite) -> Result<Delta
         L4::IcmpEcho { .. } => Some(2),
         L4::Tcp { checksum: false } | L4::AddressesOnly => None,
     };
+    if mode == ChecksumMode::Partial {
+        // Only the pseudo-header is in the field; the device sums ports and ids.
+        l4_delta = if with_pseudo { ip_delta } else { Delta::NONE };
+    }
     if let Some(at) = checksum_at {
         if l4_delta != Delta::NONE {
             let old = read16(ip, base + at)?;
-            let new = if l4 == L4::Udp {
-                l4_delta.apply_udp(old)
-            } else {
-                l4_delta.apply(old)
+            let new = match (mode, l4) {
+                (ChecksumMode::Partial, _) => l4_delta.apply_partial(old),
+                (ChecksumMode::Complete, L4::Udp) => l4_delta.apply_udp(old),
+                (ChecksumMode::Complete, _) => l4_delta.apply(old),
             };
             write16(ip, base + at, new)?;
             all.change16(old, new);
@@ -406,6 +438,15 @@ fn apply(ip: &mut [u8], shape: &Ipv4Shape, l4: L4, rw: &Rewrite) -> Result<Delta
 /// the IPv4 total length (e.g. Ethernet padding) are ignored. On error the packet is
 /// unchanged.
 pub fn rewrite_ipv4(packet: &mut [u8], rw: &Rewrite) -> Result<(), NatError> {
+    rewrite_ipv4_with(packet, rw, ChecksumMode::Complete)
+}
+
+/// [`rewrite_ipv4`] for a packet whose L4 checksum field holds what `mode` says.
+pub fn rewrite_ipv4_with(
+    packet: &mut [u8],
+    rw: &Rewrite,
+    mode: ChecksumMode,
+) -> Result<(), NatError> {
     let shape = ipv4_shape(packet)?;
     let ip = packet
         .get_mut(..shape.total_len)
@@ -419,7 +460,7 @@ pub fn rewrite_ipv4(packet: &mut [u8], rw: &Rewrite) -> Result<(), NatError> {
         rw,
         false,
     )?;
-    apply(ip, &shape, l4, rw).map(|_| ())
+    apply(ip, &shape, l4, rw, mode).map(|_| ())
 }
 
 /// The IPv4 packet inside an Ethernet II frame.
@@ -436,11 +477,32 @@ pub fn rewrite_frame(frame: &mut [u8], rw: &Rewrite) -> Result<(), NatError> {
     rewrite_ipv4(ethernet_payload(frame)?, rw)
 }
 
+/// [`rewrite_ipv4_with`] on the IPv4 packet inside an Ethernet II frame.
+pub fn rewrite_frame_with(
+    frame: &mut [u8],
+    rw: &Rewrite,
+    mode: ChecksumMode,
+) -> Result<(), NatError> {
+    rewrite_ipv4_with(ethernet_payload(frame)?, rw, mode)
+}
+
 /// Translates an ICMP error message (destination unreachable, source quench, redirect,
 /// time exceeded, parameter problem) about a translated packet: `rw` is the rewrite of
 /// the error's own direction (see the module documentation). On error the packet is
 /// unchanged.
 pub fn translate_icmp_error(packet: &mut [u8], rw: &Rewrite) -> Result<(), NatError> {
+    translate_icmp_error_with(packet, rw, ChecksumMode::Complete)
+}
+
+/// [`translate_icmp_error`] for an error message whose ICMP checksum field holds what
+/// `mode` says: with [`ChecksumMode::Partial`] the device sums the message, so the
+/// changes of the quote are not added to the field. The quote is data and is always
+/// translated with complete checksums.
+pub fn translate_icmp_error_with(
+    packet: &mut [u8],
+    rw: &Rewrite,
+    mode: ChecksumMode,
+) -> Result<(), NatError> {
     let outer = ipv4_shape(packet)?;
     if outer.protocol != PROTO_ICMP {
         return Err(NatError::NotIcmpError);
@@ -491,19 +553,28 @@ pub fn translate_icmp_error(packet: &mut [u8], rw: &Rewrite) -> Result<(), NatEr
 
     // Everything is validated: now write.
     let quote = ip.get_mut(quote_at..).ok_or(NatError::Truncated)?;
-    let quoted_delta = apply(quote, &inner, inner_l4, &inner_rw)?;
-    if quoted_delta != Delta::NONE {
+    let quoted_delta = apply(quote, &inner, inner_l4, &inner_rw, ChecksumMode::Complete)?;
+    if quoted_delta != Delta::NONE && mode == ChecksumMode::Complete {
         let at = icmp_at + 2;
         let old = read16(ip, at)?;
         write16(ip, at, quoted_delta.apply(old))?;
     }
     // ICMP has no pseudo-header: the outer addresses only touch the IPv4 checksum.
-    apply(ip, &outer, L4::AddressesOnly, &outer_rw).map(|_| ())
+    apply(ip, &outer, L4::AddressesOnly, &outer_rw, mode).map(|_| ())
 }
 
 /// [`translate_icmp_error`] on the IPv4 packet inside an Ethernet II frame.
 pub fn translate_icmp_error_frame(frame: &mut [u8], rw: &Rewrite) -> Result<(), NatError> {
     translate_icmp_error(ethernet_payload(frame)?, rw)
+}
+
+/// [`translate_icmp_error_with`] on the IPv4 packet inside an Ethernet II frame.
+pub fn translate_icmp_error_frame_with(
+    frame: &mut [u8],
+    rw: &Rewrite,
+    mode: ChecksumMode,
+) -> Result<(), NatError> {
+    translate_icmp_error_with(ethernet_payload(frame)?, rw, mode)
 }
 
 /// The tuple of the IPv4 packet at the start of `packet` in conntrack zone `zone`: its

@@ -5,8 +5,9 @@
 use core::net::Ipv4Addr;
 use libfuzzer_sys::fuzz_target;
 use podwire_core::nat::{
-    parse_tuple, rewrite_frame, rewrite_ipv4, translate_icmp_error, translate_icmp_error_frame,
-    Rewrite,
+    parse_tuple, rewrite_frame, rewrite_frame_with, rewrite_ipv4, rewrite_ipv4_with,
+    translate_icmp_error, translate_icmp_error_frame, translate_icmp_error_frame_with,
+    translate_icmp_error_with, ChecksumMode, Rewrite,
 };
 
 fn rewrite_from(b: &[u8]) -> Rewrite {
@@ -30,11 +31,15 @@ fuzz_target!(|data: &[u8]| {
     let rw = rewrite_from(rw);
     let _ = parse_tuple(packet, 0);
     type Op = fn(&mut [u8], &Rewrite) -> Result<(), podwire_core::nat::NatError>;
-    let ops: [Op; 4] = [
+    let ops: [Op; 8] = [
         rewrite_ipv4,
         translate_icmp_error,
         rewrite_frame,
         translate_icmp_error_frame,
+        |p, rw| rewrite_ipv4_with(p, rw, ChecksumMode::Partial),
+        |p, rw| translate_icmp_error_with(p, rw, ChecksumMode::Partial),
+        |p, rw| rewrite_frame_with(p, rw, ChecksumMode::Partial),
+        |p, rw| translate_icmp_error_frame_with(p, rw, ChecksumMode::Partial),
     ];
     for op in ops {
         let mut p = packet.to_vec();

@@ -90,6 +90,11 @@ drop_reasons! {
     NatFailed => "nat_failed",
     /// An ICMP error about a packet of no tracked connection.
     UntrackedIcmpError => "untracked_icmp_error",
+    /// An offloaded frame (a GSO super-frame or a partial checksum, see
+    /// [`FrameMeta`](crate::datapath::FrameMeta)) routed where offloads do not reach
+    /// (the overlay): nothing was changed, and the shell is to segment it or complete
+    /// its checksum in software and submit the results as plain frames.
+    NeedsSoftwareOffload => "needs_software_offload",
 }
 
 /// One counter per [`DropReason`].

@@ -12,7 +12,7 @@ use core::net::{IpAddr, Ipv4Addr};
 
 use smoltcp::wire::{EthernetFrame, EthernetProtocol, Icmpv4Message, Icmpv4Packet, IpProtocol};
 
-use crate::datapath::DropReason;
+use crate::datapath::{DropReason, FrameMeta};
 use crate::flow::{FlowKey, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 /// Length of an Ethernet II header.
@@ -57,6 +57,25 @@ pub(crate) struct Ipv4Summary {
     pub ttl: u8,
     /// Whether this is an ICMP error about another packet (related traffic).
     pub icmp_error: bool,
+    /// The TCP header length (data offset) or 8 for UDP: what a GSO segment repeats;
+    /// 0 for other protocols.
+    pub l4_header: usize,
+    /// The frame's offload state, from the shell ([`FrameMeta::PLAIN`] as parsed).
+    pub meta: FrameMeta,
+}
+
+impl Ipv4Summary {
+    /// The length of the IPv4 packets this one becomes on the wire: itself, or for a
+    /// GSO super-frame one full segment (IP and L4 headers plus `gso_size` bytes).
+    pub fn wire_len(&self) -> usize {
+        let whole = self.end - self.ip;
+        match self.meta.gso_size {
+            Some(mss) if self.l4_header > 0 => {
+                whole.min(self.l4 - self.ip + self.l4_header + usize::from(mss))
+            }
+            _ => whole,
+        }
+    }
 }
 
 /// What a frame is.
@@ -119,6 +138,7 @@ fn parse_ipv4(frame: &[u8]) -> Result<Ipv4Summary, DropReason> {
     };
     let mut tcp_flags = 0;
     let mut icmp_error = false;
+    let mut l4_header = 0;
     match protocol {
         PROTO_TCP => {
             let Some(tcp) = payload.first_chunk::<20>() else {
@@ -126,12 +146,16 @@ fn parse_ipv4(frame: &[u8]) -> Result<Ipv4Summary, DropReason> {
             };
             (key.src_port, key.dst_port) = ports(tcp);
             tcp_flags = tcp[13];
+            l4_header = usize::from(tcp[12] >> 4) * 4;
         }
         PROTO_UDP | PROTO_SCTP => {
             let Some(l4) = payload.first_chunk::<8>() else {
                 return Err(DropReason::MalformedTransport);
             };
             (key.src_port, key.dst_port) = ports(l4);
+            if protocol == PROTO_UDP {
+                l4_header = 8;
+            }
         }
         PROTO_ICMP => {
             let icmp =
@@ -163,6 +187,8 @@ fn parse_ipv4(frame: &[u8]) -> Result<Ipv4Summary, DropReason> {
         tcp_flags,
         ttl: h[8],
         icmp_error,
+        l4_header,
+        meta: FrameMeta::PLAIN,
     })
 }
 

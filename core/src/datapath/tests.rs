@@ -956,3 +956,196 @@ fn a_span_beyond_the_address_space_is_dropped_not_a_panic() {
     }
     assert_eq!(n1.drops().get(DropReason::Truncated), 2);
 }
+
+// ---- Offloads: GSO super-frames and partial checksums --------------------------------
+
+fn run_with(
+    dp: &mut Datapath<'static>,
+    ingress: Ingress,
+    (mut buf, span): (Vec<u8>, Span),
+    meta: FrameMeta,
+) -> Out {
+    let action = dp.process_with(T0, ingress, &mut buf, span, meta);
+    Out { buf, action }
+}
+
+/// The uncomplemented pseudo-header sum a checksum-offloading sender leaves in the
+/// TCP checksum field.
+fn pseudo_sum(src: Ipv4Addr, dst: Ipv4Addr, l4_len: usize) -> u16 {
+    let mut p = Vec::new();
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&[0, 6]);
+    p.extend_from_slice(&(l4_len as u16).to_be_bytes());
+    crate::checksum::sum(&p)
+}
+
+/// A TCP frame as a TAP with offloads hands it over: `len` payload bytes (a GSO
+/// super-frame when longer than one segment), checksum field partial.
+fn offloaded_tcp(
+    src_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    (sport, dport): (u16, u16),
+    len: usize,
+) -> (Vec<u8>, Span) {
+    let payload: Vec<u8> = (0..len).map(|i| (i * 31) as u8).collect();
+    let (mut buf, span) = ipv4_frame(
+        src_mac,
+        ROUTER1.0,
+        src,
+        dst,
+        6,
+        64,
+        &tcp(sport, dport, 2, 9, ACK, &payload),
+    );
+    let at = span.start + 34 + 16;
+    buf[at..at + 2].copy_from_slice(&pseudo_sum(src, dst, 20 + len).to_be_bytes());
+    (buf, span)
+}
+
+/// What the receiving device does with a partial TCP checksum.
+fn finish_partial(out: &mut Out) {
+    let Action::Deliver { frame, .. } = out.action else {
+        panic!("not delivered: {:?}", out.action)
+    };
+    let f = &mut out.buf[frame.range()];
+    let c = !crate::checksum::sum(&f[34..]);
+    f[50..52].copy_from_slice(&c.to_be_bytes());
+}
+
+const GSO: FrameMeta = FrameMeta {
+    gso_size: Some(1398),
+    checksum_partial: true,
+};
+
+#[test]
+fn gso_super_frames_pass_between_local_pods_as_one_frame() {
+    let (mut n1, _) = cluster();
+    run(
+        &mut n1,
+        Ingress::Port(PORT_A),
+        tcp_from(A_MAC, A, C, 40000, 80, SYN),
+    );
+    let input = offloaded_tcp(A_MAC, A, C, (40000, 80), 30_000);
+    let sent = input.0[input.1.range()].to_vec();
+    let mut out = run_with(&mut n1, Ingress::Port(PORT_A), input, GSO);
+    let Action::Deliver { port, frame } = out.action else {
+        panic!("{:?}", out.action)
+    };
+    assert_eq!((port, frame.len), (PORT_C, 14 + 20 + 20 + 30_000));
+    assert_eq!(out.ip().hop_limit(), 63);
+    // Without NAT the partial field and the payload are untouched.
+    assert_eq!(&out.frame()[34..], &sent[34..]);
+    finish_partial(&mut out);
+    assert_tcp(&out, (A, 40000), (C, 80));
+    assert_eq!(n1.stats().dropped, 0);
+}
+
+#[test]
+fn nat_keeps_partial_checksums_partial() {
+    let (mut n1, _) = cluster();
+    add_service(&mut n1, &[(C, 1)]);
+    let out = run(
+        &mut n1,
+        Ingress::Port(PORT_A),
+        tcp_from(A_MAC, A, SERVICE_IP, 40000, 80, SYN),
+    );
+    assert_tcp(&out, (A, 40000), (C, 8080));
+    // A super-frame to the service: DNAT with the partial rule.
+    let mut out = run_with(
+        &mut n1,
+        Ingress::Port(PORT_A),
+        offloaded_tcp(A_MAC, A, SERVICE_IP, (40000, 80), 5000),
+        GSO,
+    );
+    assert!(matches!(out.action, Action::Deliver { port: PORT_C, .. }));
+    let field = u16::from_be_bytes([out.frame()[50], out.frame()[51]]);
+    assert_eq!(
+        field,
+        pseudo_sum(A, C, 20 + 5000),
+        "field = translated pseudo sum"
+    );
+    finish_partial(&mut out);
+    assert_tcp(&out, (A, 40000), (C, 8080));
+    // The reply, partial-only (no GSO): reverse NAT, still partial.
+    let mut out = run_with(
+        &mut n1,
+        Ingress::Port(PORT_C),
+        offloaded_tcp(C_MAC, C, A, (8080, 40000), 700),
+        FrameMeta {
+            gso_size: None,
+            checksum_partial: true,
+        },
+    );
+    assert!(matches!(out.action, Action::Deliver { port: PORT_A, .. }));
+    finish_partial(&mut out);
+    assert_tcp(&out, (SERVICE_IP, 80), (A, 40000));
+}
+
+#[test]
+fn offloaded_frames_to_the_overlay_come_back_untouched() {
+    let (mut n1, _) = cluster();
+    let out = run(
+        &mut n1,
+        Ingress::Port(PORT_A),
+        tcp_from(A_MAC, A, B, 40000, 80, SYN),
+    );
+    assert!(matches!(out.action, Action::Encap(_)));
+    let packets = |dp: &Datapath<'static>| {
+        dp.tables()
+            .conntrack
+            .iter()
+            .map(|(_, e)| std::format!("{e:?}"))
+            .collect::<Vec<_>>()
+    };
+    let tracked = packets(&n1);
+    let partial = FrameMeta {
+        gso_size: None,
+        checksum_partial: true,
+    };
+    for (meta, len) in [(GSO, 20_000), (partial, 1000)] {
+        let input = offloaded_tcp(A_MAC, A, B, (40000, 80), len);
+        let before = input.0.clone();
+        let out = run_with(&mut n1, Ingress::Port(PORT_A), input, meta);
+        assert_eq!(out.action, Action::Drop(DropReason::NeedsSoftwareOffload));
+        assert_eq!(out.buf, before, "nothing changed");
+        assert_eq!(packets(&n1), tracked, "connection tracking untouched");
+    }
+    assert_eq!(n1.drops().get(DropReason::NeedsSoftwareOffload), 2);
+    // The same bytes as a plain segment go out.
+    let out = run(
+        &mut n1,
+        Ingress::Port(PORT_A),
+        tcp_from(A_MAC, A, B, 40000, 80, ACK),
+    );
+    assert!(matches!(out.action, Action::Encap(_)));
+    // Segments larger than the overlay allows are answered by the MTU check, which
+    // measures a segment (40 bytes of headers + gso_size), not the super-frame.
+    let big = FrameMeta {
+        gso_size: Some(1411),
+        checksum_partial: true,
+    };
+    let out = run_with(
+        &mut n1,
+        Ingress::Port(PORT_A),
+        offloaded_tcp(A_MAC, A, B, (40000, 80), 20_000),
+        big,
+    );
+    let icmp = Icmpv4Packet::new_checked(out.ip().payload()).unwrap();
+    assert_eq!(
+        (icmp.msg_type(), icmp.msg_code()),
+        (Icmpv4Message::DstUnreachable, 4)
+    );
+    let fits = FrameMeta {
+        gso_size: Some(1410),
+        checksum_partial: true,
+    };
+    let out = run_with(
+        &mut n1,
+        Ingress::Port(PORT_A),
+        offloaded_tcp(A_MAC, A, B, (40000, 80), 20_000),
+        fits,
+    );
+    assert_eq!(out.action, Action::Drop(DropReason::NeedsSoftwareOffload));
+}

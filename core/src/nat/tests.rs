@@ -607,3 +607,70 @@ proptest! {
         let _ = parse_tuple(&bytes, 0);
     }
 }
+
+/// Turns the complete TCP/UDP checksum of an IPv4 packet into the partial form a
+/// checksum-offloading sender writes: the uncomplemented pseudo-header sum.
+fn make_partial(b: &mut [u8], p: &Pkt) {
+    let hl = 20 + p.options.len();
+    let l4_len = b.len() - p.trailer.len() - hl;
+    let at = hl + if p.protocol == PROTO_TCP { 16 } else { 6 };
+    let field = sum(&pseudo(p.src, p.dst, p.protocol, l4_len));
+    b[at..at + 2].copy_from_slice(&field.to_be_bytes());
+}
+
+/// What the transmitting device does with a partial packet: sums the L4 part (the
+/// field included) and stores the complement; UDP writes a zero as 0xFFFF.
+fn finish_partial(b: &mut [u8], p: &Pkt) {
+    let hl = 20 + p.options.len();
+    let end = b.len() - p.trailer.len();
+    let at = hl + if p.protocol == PROTO_TCP { 16 } else { 6 };
+    let mut c = !sum(&b[hl..end]);
+    if c == 0 && p.protocol == PROTO_UDP {
+        c = 0xffff;
+    }
+    b[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+#[test]
+fn partial_checksum_dnat_byte_vector() {
+    // DNAT of a TCP segment whose field holds the pseudo-header sum: the field moves
+    // by the address change only, uncomplemented; the port change is left to the
+    // device.
+    let p = pkt(PROTO_TCP);
+    let mut b = build(&p);
+    make_partial(&mut b, &p);
+    let before = u16::from_be_bytes([b[36], b[37]]);
+    assert_eq!(before, sum(&pseudo(p.src, p.dst, PROTO_TCP, b.len() - 20)));
+    rewrite_ipv4_with(&mut b, &dnat(), ChecksumMode::Partial).unwrap();
+    let after = u16::from_be_bytes([b[36], b[37]]);
+    let q = rewritten(&p, &dnat());
+    assert_eq!(after, sum(&pseudo(q.src, q.dst, PROTO_TCP, b.len() - 20)));
+    assert_eq!(&b[22..24], &8080u16.to_be_bytes());
+    // The IPv4 header checksum is complete as always.
+    assert!(Ipv4Packet::new_checked(&b[..]).unwrap().verify_checksum());
+    finish_partial(&mut b, &p);
+    assert_eq!(b, build(&q));
+    verify(&b);
+    // The complete mode would have broken it: ports added to a partial field.
+    let mut c = build(&p);
+    make_partial(&mut c, &p);
+    rewrite_ipv4(&mut c, &dnat()).unwrap();
+    finish_partial(&mut c, &p);
+    assert_ne!(c, build(&q));
+}
+
+proptest! {
+    #[test]
+    fn partial_rewrite_then_device_equals_rebuild(p in arb_pkt(), rw in arb_rewrite()) {
+        prop_assume!(p.protocol != PROTO_ICMP);
+        let mut p = p;
+        p.udp_no_checksum = false;
+        let mut b = build(&p);
+        make_partial(&mut b, &p);
+        rewrite_ipv4_with(&mut b, &rw, ChecksumMode::Partial).unwrap();
+        finish_partial(&mut b, &p);
+        let total = b.len() - p.trailer.len();
+        verify(&b[..total]);
+        prop_assert_eq!(b, build(&rewritten(&p, &rw)));
+    }
+}

@@ -273,6 +273,7 @@ endpoints:
                 name: n.to_string(),
                 pod_cidr: Some(format!("10.244.{}.0/24", i + 1).parse().unwrap()),
                 internal_ip: None,
+                vtep_mac: None,
             })
             .collect()
     }

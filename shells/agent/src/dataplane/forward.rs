@@ -9,30 +9,57 @@
 //! a datapath bug becomes a counted error, not a panic in the agent. `Forwarder` is
 //! the one method of the core `Datapath` this needs, which keeps the loop testable
 //! with a scripted forwarder and independent of the datapath's construction.
+//!
+//! Offloads: a frame read from a TAP comes with its `virtio_net_hdr` ([`VnetHdr`]).
+//! [`forward_frame`] passes what it says to the core ([`FrameMeta`]); a delivered
+//! frame is written out with the same header, so a 64 KiB TCP super-frame crosses
+//! from one pod to another as one write. When the core hands an offloaded frame back
+//! (`NeedsSoftwareOffload`: it is routed to the overlay), it is segmented or its
+//! checksum completed here ([`super::gso`]) and the results go through the core as
+//! plain frames.
 
 use std::io;
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use podwire_core::datapath::{Action, Ingress, Span};
+use podwire_core::datapath::{Action, DropReason, FrameMeta, Ingress, Span};
 use podwire_core::ids::PortId;
 use podwire_core::Instant;
 
-use super::tap::VNET_HDR_LEN;
+use super::gso;
+use super::vnet::{VnetHdr, VNET_HDR_LEN};
 
 /// Bytes kept free before each frame for outer headers (VXLAN over IPv6 needs 70,
 /// the core requires at least 64).
 pub const HEADROOM: usize = 128;
 
-/// A frame buffer: headroom plus the largest frame a TAP hands over (64 KiB GSO
-/// segments once offloads are on).
-pub const BUFFER_LEN: usize = HEADROOM + 65536;
+/// A frame buffer: headroom plus the largest frame a TAP hands over (GSO
+/// super-frames of up to 64 KiB plus their Ethernet header), with some slack.
+pub const BUFFER_LEN: usize = HEADROOM + 65536 + 256;
 
 /// The core's packet function.
 pub trait Forwarder {
     /// Processes `buf[frame]` that entered at `ingress`.
     fn process(&mut self, now: Instant, ingress: Ingress, buf: &mut [u8], frame: Span) -> Action;
+
+    /// Processes a frame with offload state `meta` (a GSO super-frame, a partial
+    /// checksum). The default knows no offloads: it hands every offloaded frame back
+    /// (`NeedsSoftwareOffload`), and [`forward_frame`] then offloads it in software.
+    fn process_with(
+        &mut self,
+        now: Instant,
+        ingress: Ingress,
+        buf: &mut [u8],
+        frame: Span,
+        meta: FrameMeta,
+    ) -> Action {
+        if meta.is_offloaded() {
+            Action::Drop(DropReason::NeedsSoftwareOffload)
+        } else {
+            self.process(now, ingress, buf, frame)
+        }
+    }
 
     /// Periodic housekeeping (connection-tracking expiry), about once a second.
     fn tick(&mut self, _now: Instant) {}
@@ -42,6 +69,17 @@ pub trait Forwarder {
 pub trait Egress {
     /// Writes an Ethernet frame to local port `port`.
     fn to_port(&mut self, port: PortId, frame: &[u8]) -> io::Result<()>;
+    /// Writes an Ethernet frame with the offloads `hdr` describes (GSO, partial
+    /// checksum) to local port `port`. The default writes only plain frames.
+    fn to_port_offloaded(&mut self, port: PortId, hdr: &VnetHdr, frame: &[u8]) -> io::Result<()> {
+        if hdr.is_offloaded() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this egress cannot write offloaded frames",
+            ));
+        }
+        self.to_port(port, frame)
+    }
     /// Sends a VXLAN payload to `remote` from UDP source port `source_port`.
     fn to_underlay(
         &mut self,
@@ -62,7 +100,7 @@ pub enum Outcome {
     BadSpan(Action),
 }
 
-/// Runs one frame through `fwd` and performs the action on `egress`.
+/// Runs one plain frame through `fwd` and performs the action on `egress`.
 pub fn forward_one<F: Forwarder, E: Egress>(
     fwd: &mut F,
     now: Instant,
@@ -72,6 +110,69 @@ pub fn forward_one<F: Forwarder, E: Egress>(
     egress: &mut E,
 ) -> io::Result<Outcome> {
     let action = fwd.process(now, ingress, buf, frame);
+    perform(action, ingress, buf, &VnetHdr::NONE, egress)
+}
+
+/// Runs one frame read with the `virtio_net_hdr` `hdr` through `fwd` and performs the
+/// action on `egress`: a delivered frame keeps its offloads; an offloaded frame the
+/// core hands back is completed or segmented in software (in `scratch`, a buffer of
+/// [`BUFFER_LEN`] bytes) and the results are forwarded as plain frames. The outcome
+/// of a segmented frame is that of its first segment that was not sent, or else of
+/// its last.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_frame<F: Forwarder, E: Egress>(
+    fwd: &mut F,
+    now: Instant,
+    ingress: Ingress,
+    buf: &mut [u8],
+    frame: Span,
+    hdr: VnetHdr,
+    scratch: &mut [u8],
+    egress: &mut E,
+) -> io::Result<Outcome> {
+    if !hdr.is_offloaded() {
+        return forward_one(fwd, now, ingress, buf, frame, egress);
+    }
+    let action = fwd.process_with(now, ingress, buf, frame, hdr.meta());
+    if action != Action::Drop(DropReason::NeedsSoftwareOffload) {
+        return perform(action, ingress, buf, &hdr, egress);
+    }
+    let Some(bytes) = frame
+        .start
+        .checked_add(frame.len)
+        .and_then(|end| buf.get_mut(frame.start..end))
+    else {
+        return Ok(Outcome::BadSpan(action));
+    };
+    if !hdr.is_gso() {
+        return match gso::complete_checksum(bytes, &hdr) {
+            Ok(()) => forward_one(fwd, now, ingress, buf, frame, egress),
+            Err(_) => Ok(Outcome::Dropped(action)),
+        };
+    }
+    let mut result: Option<io::Result<Outcome>> = None;
+    let segmented = gso::segment(bytes, &hdr, scratch, |seg, span| {
+        if matches!(result, None | Some(Ok(Outcome::Sent(_)))) {
+            result = Some(forward_one(fwd, now, ingress, seg, span, egress));
+        } else {
+            // Keep the first failure, but still forward the other segments.
+            let _ = forward_one(fwd, now, ingress, seg, span, egress);
+        }
+    });
+    match (segmented, result) {
+        (Ok(_), Some(r)) => r,
+        _ => Ok(Outcome::Dropped(action)),
+    }
+}
+
+/// Performs `action`; a delivered frame is written with the offloads `hdr` describes.
+fn perform<E: Egress>(
+    action: Action,
+    ingress: Ingress,
+    buf: &[u8],
+    hdr: &VnetHdr,
+    egress: &mut E,
+) -> io::Result<Outcome> {
     let bytes = |span: Span| {
         span.start
             .checked_add(span.len)
@@ -80,6 +181,9 @@ pub fn forward_one<F: Forwarder, E: Egress>(
     match action {
         Action::Drop(_) => Ok(Outcome::Dropped(action)),
         Action::Deliver { port, frame } => match bytes(frame) {
+            Some(b) if hdr.is_offloaded() => egress
+                .to_port_offloaded(port, hdr, b)
+                .map(|_| Outcome::Sent(action)),
             Some(b) => egress.to_port(port, b).map(|_| Outcome::Sent(action)),
             None => Ok(Outcome::BadSpan(action)),
         },
@@ -106,10 +210,9 @@ pub fn forward_one<F: Forwarder, E: Egress>(
 }
 
 /// Reads one frame from a TAP queue opened with `IFF_VNET_HDR` into `buf`, leaving
-/// [`HEADROOM`] bytes in front of it. `Ok(None)` when the queue has nothing
-/// (non-blocking) or the frame is a GSO/partial-checksum frame the current offload
-/// settings should never produce.
-pub fn read_frame(queue: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<Span>> {
+/// [`HEADROOM`] bytes in front of it, with its `virtio_net_hdr`. `Ok(None)` when the
+/// queue has nothing (non-blocking).
+pub fn read_frame(queue: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<(Span, VnetHdr)>> {
     let Some(dst) = buf.get_mut(HEADROOM - VNET_HDR_LEN..) else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -126,24 +229,29 @@ pub fn read_frame(queue: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<Span>> {
         };
     }
     let n = n as usize;
-    if n < VNET_HDR_LEN {
+    let Some(hdr) = VnetHdr::parse(dst).filter(|_| n >= VNET_HDR_LEN) else {
         return Ok(None);
-    }
-    let hdr = &dst[..VNET_HDR_LEN];
-    // virtio_net_hdr: flags (1), gso_type (1), ...; with offloads off both are 0.
-    if hdr[0] != 0 || hdr[1] != 0 {
-        return Ok(None);
-    }
-    Ok(Some(Span {
-        start: HEADROOM,
-        len: n - VNET_HDR_LEN,
-    }))
+    };
+    Ok(Some((
+        Span {
+            start: HEADROOM,
+            len: n - VNET_HDR_LEN,
+        },
+        hdr,
+    )))
 }
 
 /// Writes one frame to a TAP queue opened with `IFF_VNET_HDR` (with an all-zero
 /// header: no offload, checksums complete).
 pub fn write_frame(queue: &OwnedFd, frame: &[u8]) -> io::Result<()> {
-    let hdr = [0u8; VNET_HDR_LEN];
+    write_frame_with(queue, &VnetHdr::NONE, frame)
+}
+
+/// Writes one frame to a TAP queue opened with `IFF_VNET_HDR` behind the header
+/// `hdr`: the receiving kernel takes a GSO frame as one GSO packet and completes a
+/// partial checksum (or trusts it) as the header says.
+pub fn write_frame_with(queue: &OwnedFd, hdr: &VnetHdr, frame: &[u8]) -> io::Result<()> {
+    let hdr = hdr.emit();
     let iov = [IoSlice::new(&hdr), IoSlice::new(frame)];
     // SAFETY: both slices are valid for reads for their lengths; `IoSlice` is
     // ABI-compatible with `struct iovec`.
@@ -239,6 +347,163 @@ mod tests {
         assert_eq!(sink.underlay[0].2, (120..128).collect::<Vec<u8>>());
     }
 
+    /// A forwarder that knows no offloads (the trait's default `process_with`) and
+    /// sends every plain frame to the overlay, as the core does for a remote pod.
+    struct ToOverlay(usize);
+    impl Forwarder for ToOverlay {
+        fn process(&mut self, _: Instant, _: Ingress, _: &mut [u8], frame: Span) -> Action {
+            self.0 += 1;
+            Action::Encap(Encapsulated {
+                node: NodeId(2),
+                remote: "192.168.50.12".parse().unwrap(),
+                remote_port: 8472,
+                source_port: 40000,
+                outer_frame: frame,
+                udp_payload: frame,
+            })
+        }
+    }
+
+    fn placed(frame: &[u8]) -> (Vec<u8>, Span) {
+        let mut buf = vec![0u8; HEADROOM];
+        buf.extend_from_slice(frame);
+        (
+            buf,
+            Span {
+                start: HEADROOM,
+                len: frame.len(),
+            },
+        )
+    }
+
+    #[test]
+    fn offloaded_frames_for_the_overlay_are_segmented_in_software() {
+        use crate::dataplane::gso::tests::{l4_verifies, partial_tcp};
+        let payload: Vec<u8> = (0..4500u32).map(|i| (i * 13) as u8).collect();
+        let (frame, hdr) = partial_tcp(&payload, 0x18);
+        let (mut buf, span) = placed(&frame);
+        let mut scratch = vec![0u8; BUFFER_LEN];
+        let mut fwd = ToOverlay(0);
+        let mut sink = Sink::default();
+        let now = Instant::from_millis(0);
+        let out = forward_frame(
+            &mut fwd,
+            now,
+            Ingress::Port(PortId(1)),
+            &mut buf,
+            span,
+            hdr,
+            &mut scratch,
+            &mut sink,
+        )
+        .unwrap();
+        assert!(matches!(out, Outcome::Sent(Action::Encap(_))));
+        assert_eq!(fwd.0, 5, "4500 bytes in segments of 1000");
+        assert_eq!(sink.underlay.len(), 5);
+        let mut joined = Vec::new();
+        for (_, _, seg) in &sink.underlay {
+            assert!(seg.len() <= 14 + 40 + 1000);
+            assert!(l4_verifies(seg));
+            joined.extend_from_slice(&seg[54..]);
+        }
+        assert_eq!(joined, payload);
+
+        // A partial checksum alone is completed in place and sent as one frame.
+        let (frame, mut hdr) = partial_tcp(&payload[..900], 0x18);
+        hdr.gso_type = 0;
+        let (mut buf, span) = placed(&frame);
+        let mut sink = Sink::default();
+        let out = forward_frame(
+            &mut fwd,
+            now,
+            Ingress::Port(PortId(1)),
+            &mut buf,
+            span,
+            hdr,
+            &mut scratch,
+            &mut sink,
+        )
+        .unwrap();
+        assert!(matches!(out, Outcome::Sent(_)));
+        assert_eq!(sink.underlay.len(), 1);
+        assert!(l4_verifies(&sink.underlay[0].2));
+    }
+
+    #[test]
+    fn delivered_offloaded_frames_keep_their_header() {
+        use crate::dataplane::gso::tests::partial_tcp;
+        /// Delivers everything to port 2 (knows offloads).
+        struct Local;
+        impl Forwarder for Local {
+            fn process(&mut self, _: Instant, _: Ingress, _: &mut [u8], frame: Span) -> Action {
+                Action::Deliver {
+                    port: PortId(2),
+                    frame,
+                }
+            }
+            fn process_with(
+                &mut self,
+                now: Instant,
+                ingress: Ingress,
+                buf: &mut [u8],
+                frame: Span,
+                _: FrameMeta,
+            ) -> Action {
+                self.process(now, ingress, buf, frame)
+            }
+        }
+        #[derive(Default)]
+        struct HdrSink(Vec<(PortId, VnetHdr, usize)>);
+        impl Egress for HdrSink {
+            fn to_port(&mut self, port: PortId, frame: &[u8]) -> io::Result<()> {
+                self.0.push((port, VnetHdr::NONE, frame.len()));
+                Ok(())
+            }
+            fn to_port_offloaded(
+                &mut self,
+                port: PortId,
+                hdr: &VnetHdr,
+                frame: &[u8],
+            ) -> io::Result<()> {
+                self.0.push((port, *hdr, frame.len()));
+                Ok(())
+            }
+            fn to_underlay(&mut self, _: SocketAddr, _: u16, _: &[u8]) -> io::Result<()> {
+                unreachable!()
+            }
+        }
+        let (frame, hdr) = partial_tcp(&[7u8; 30_000], 0x10);
+        let (mut buf, span) = placed(&frame);
+        let mut sink = HdrSink::default();
+        let out = forward_frame(
+            &mut Local,
+            Instant::from_millis(0),
+            Ingress::Port(PortId(1)),
+            &mut buf,
+            span,
+            hdr,
+            &mut [],
+            &mut sink,
+        )
+        .unwrap();
+        assert!(matches!(out, Outcome::Sent(_)));
+        assert_eq!(sink.0, vec![(PortId(2), hdr, frame.len())]);
+        // An egress that cannot write offloaded frames refuses rather than writing
+        // a super-frame without its header.
+        let (mut buf, span) = placed(&frame);
+        let err = forward_frame(
+            &mut Local,
+            Instant::from_millis(0),
+            Ingress::Port(PortId(1)),
+            &mut buf,
+            span,
+            hdr,
+            &mut [],
+            &mut Sink::default(),
+        );
+        assert_eq!(err.unwrap_err().kind(), io::ErrorKind::Unsupported);
+    }
+
     #[test]
     fn frames_are_read_with_headroom_and_written_with_a_vnet_header() {
         use crate::dataplane::tap::{Tap, TapOptions};
@@ -267,7 +532,7 @@ mod tests {
             let mut buf = vec![0u8; BUFFER_LEN];
             let mut got = None;
             for _ in 0..200 {
-                if let Some(span) = read_frame(q, &mut buf)? {
+                if let Some((span, _)) = read_frame(q, &mut buf)? {
                     // Skip IPv6 router/MLD chatter; wait for the ARP request.
                     if buf[span.range()].get(12..14) == Some(&[0x08, 0x06]) {
                         got = Some(span);

@@ -7,7 +7,9 @@
 
 pub mod flows;
 pub mod forward;
+pub mod gso;
 pub mod node;
 pub mod ports;
 pub mod tap;
+pub mod vnet;
 pub mod worker;

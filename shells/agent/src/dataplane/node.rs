@@ -18,8 +18,8 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use podwire_core::conntrack::{self, Bucket, ConnTrack, Entry};
 use podwire_core::datapath::{
-    Action, Datapath, DatapathConfig, DatapathStats, DatapathTables, Ingress, PortKind, PortTable,
-    Span,
+    Action, Datapath, DatapathConfig, DatapathStats, DatapathTables, FrameMeta, Ingress, PortKind,
+    PortTable, Span,
 };
 use podwire_core::ids::{NodeId, PortId};
 use podwire_core::maglev::{self, MaglevScratch};
@@ -228,6 +228,17 @@ pub fn build(setup: &NodeSetup, sizes: Sizes) -> Result<Datapath<'static>, Strin
 impl Forwarder for Datapath<'static> {
     fn process(&mut self, now: Instant, ingress: Ingress, buf: &mut [u8], frame: Span) -> Action {
         Datapath::process(self, now, ingress, buf, frame)
+    }
+
+    fn process_with(
+        &mut self,
+        now: Instant,
+        ingress: Ingress,
+        buf: &mut [u8],
+        frame: Span,
+        meta: FrameMeta,
+    ) -> Action {
+        Datapath::process_with(self, now, ingress, buf, frame, meta)
     }
 
     fn tick(&mut self, now: Instant) {

@@ -41,9 +41,17 @@ pub const TUN_F_TSO4: u32 = 0x02;
 pub const TUN_F_TSO6: u32 = 0x04;
 /// `TUN_F_USO4`: the reader accepts UDPv4 segmentation offload frames.
 pub const TUN_F_USO4: u32 = 0x20;
+/// `TUN_F_USO6`: the reader accepts UDPv6 segmentation offload frames.
+pub const TUN_F_USO6: u32 = 0x40;
 
-/// The size of the `virtio_net_hdr` (with `num_buffers`) prefixed to each frame.
-pub const VNET_HDR_LEN: usize = 12;
+/// The offloads the dataplane accepts: partial checksums, TCP segmentation (v4/v6)
+/// and UDP segmentation (v4/v6, where the kernel knows it: Linux 6.2+; without it
+/// [`Tap::create`] falls back to the rest). The datapath passes such frames between
+/// local TAPs as they are and segments them in software for the overlay
+/// ([`super::gso`]).
+pub const OFFLOADS: u32 = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6;
+
+pub use super::vnet::VNET_HDR_LEN;
 
 /// How a TAP is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +60,8 @@ pub struct TapOptions {
     pub queues: usize,
     /// Prefix frames with a `virtio_net_hdr` of [`VNET_HDR_LEN`] bytes.
     pub vnet_hdr: bool,
-    /// `TUN_F_*` offloads the dataplane accepts (0 until the datapath handles GSO).
+    /// `TUN_F_*` offloads the dataplane accepts ([`OFFLOADS`] by default; 0 makes
+    /// the kernel hand over MTU-sized frames with complete checksums).
     pub offloads: u32,
 }
 
@@ -61,7 +70,7 @@ impl Default for TapOptions {
         TapOptions {
             queues: 1,
             vnet_hdr: true,
-            offloads: 0,
+            offloads: OFFLOADS,
         }
     }
 }
@@ -107,6 +116,21 @@ fn ioctl_int(fd: &File, request: libc::c_ulong, value: libc::c_int) -> io::Resul
     Ok(())
 }
 
+/// Sets the device's offloads; if the kernel refuses UDP segmentation offload
+/// (before Linux 6.2), sets the others. Returns what was set.
+fn set_offloads(fd: &File, offloads: u32) -> io::Result<u32> {
+    match ioctl_int(fd, TUNSETOFFLOAD, offloads as libc::c_int) {
+        Err(e)
+            if e.raw_os_error() == Some(libc::EINVAL)
+                && offloads & (TUN_F_USO4 | TUN_F_USO6) != 0 =>
+        {
+            let without = offloads & !(TUN_F_USO4 | TUN_F_USO6);
+            ioctl_int(fd, TUNSETOFFLOAD, without as libc::c_int).map(|_| without)
+        }
+        r => r.map(|_| offloads),
+    }
+}
+
 fn open_queue(name: &str, options: &TapOptions, exclusive: bool) -> io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
@@ -150,7 +174,11 @@ impl Tap {
     pub fn create(name: &str, options: TapOptions) -> io::Result<Tap> {
         let first = open_queue(name, &options, true)?;
         ioctl_int(&first, TUNSETPERSIST, 1)?;
-        ioctl_int(&first, TUNSETOFFLOAD, options.offloads as libc::c_int)?;
+        let offloads = set_offloads(&first, options.offloads)?;
+        let options = TapOptions {
+            offloads,
+            ..options
+        };
         let mut tap = Tap {
             name: name.to_string(),
             queues: vec![first.into()],
@@ -170,7 +198,11 @@ impl Tap {
             ));
         }
         let first = open_queue(name, &options, false)?;
-        ioctl_int(&first, TUNSETOFFLOAD, options.offloads as libc::c_int)?;
+        let offloads = set_offloads(&first, options.offloads)?;
+        let options = TapOptions {
+            offloads,
+            ..options
+        };
         let mut tap = Tap {
             name: name.to_string(),
             queues: vec![first.into()],

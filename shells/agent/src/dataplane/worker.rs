@@ -26,8 +26,10 @@ use podwire_core::ids::PortId;
 use podwire_core::Instant;
 
 use super::forward::{
-    forward_one, read_frame, write_frame, Egress, Forwarder, Outcome, BUFFER_LEN, HEADROOM,
+    forward_frame, forward_one, read_frame, write_frame, write_frame_with, Egress, Forwarder,
+    Outcome, BUFFER_LEN, HEADROOM,
 };
+use super::vnet::VnetHdr;
 
 /// Frames read from one queue per turn.
 pub const BATCH: usize = 64;
@@ -103,6 +105,13 @@ impl Egress for PortsEgress<'_> {
         write_frame(q, frame)
     }
 
+    fn to_port_offloaded(&mut self, port: PortId, hdr: &VnetHdr, frame: &[u8]) -> io::Result<()> {
+        let q = self.ports.get(&port).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("no port {}", port.0))
+        })?;
+        write_frame_with(q, hdr, frame)
+    }
+
     fn to_underlay(
         &mut self,
         remote: SocketAddr,
@@ -161,6 +170,8 @@ fn run<F: Forwarder>(
     let mut ports: HashMap<PortId, OwnedFd> = HashMap::new();
     let mut counters = Counters::default();
     let mut buf = vec![0u8; BUFFER_LEN];
+    // Software segmentation of GSO frames for the overlay writes segments here.
+    let mut scratch = vec![0u8; BUFFER_LEN];
     let mut events = vec![EpollEvent::empty(); 64];
     let start = std::time::Instant::now();
     let mut last_tick = start;
@@ -233,7 +244,7 @@ fn run<F: Forwarder>(
                     let id = PortId(token as u16);
                     for _ in 0..BATCH {
                         let Some(q) = ports.get(&id) else { break };
-                        let span = match read_frame(q, &mut buf) {
+                        let (span, hdr) = match read_frame(q, &mut buf) {
                             Ok(Some(s)) => s,
                             Ok(None) => break,
                             Err(_) => break,
@@ -245,12 +256,14 @@ fn run<F: Forwarder>(
                         };
                         tally(
                             &mut counters,
-                            forward_one(
+                            forward_frame(
                                 &mut fwd,
                                 now,
                                 Ingress::Port(id),
                                 &mut buf,
                                 span,
+                                hdr,
+                                &mut scratch,
                                 &mut egress,
                             ),
                         );
