@@ -496,6 +496,11 @@ pub struct Entry {
     /// The policy epoch `verdict` was computed in; the datapath re-evaluates the
     /// verdict when policy has changed since.
     pub policy_epoch: u32,
+    /// An opaque per-direction next-hop cache for the datapath (0: empty).
+    pub route_cache: [u64; 2],
+    /// The route epoch `route_cache` was filled in; the datapath ignores the cache
+    /// when routes have changed since.
+    pub route_epoch: u32,
     /// An opaque service id the datapath caches per connection.
     pub service: u16,
     next_free: u32,
@@ -525,6 +530,8 @@ impl Entry {
         live: false,
         verdict: 0,
         policy_epoch: 0,
+        route_cache: [0; 2],
+        route_epoch: 0,
         service: 0,
         next_free: EMPTY,
         last_seen: Instant::ZERO,
@@ -904,6 +911,8 @@ impl<'a> ConnTrack<'a> {
             live: true,
             verdict: 0,
             policy_epoch: 0,
+            route_cache: [0; 2],
+            route_epoch: 0,
             service: 0,
             next_free: EMPTY,
             last_seen: now,

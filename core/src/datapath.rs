@@ -183,6 +183,7 @@ pub struct Datapath<'a> {
     events: EventSink<'a>,
     ip_ident: u16,
     policy_epoch: u32,
+    route_epoch: u32,
 }
 
 impl<'a> Datapath<'a> {
@@ -196,6 +197,7 @@ impl<'a> Datapath<'a> {
             events: EventSink::disconnected(),
             ip_ident: 0,
             policy_epoch: 0,
+            route_epoch: 1,
         }
     }
 
@@ -214,8 +216,10 @@ impl<'a> Datapath<'a> {
         &mut self.tables.ports
     }
 
-    /// The route table, for the control plane to update.
+    /// The route table, for the control plane to update. Taking it starts a new route
+    /// epoch: the next hops cached in tracked connections are looked up again.
     pub fn routes_mut(&mut self) -> &mut Ipv4RouteTable<'a> {
+        self.route_epoch = self.route_epoch.wrapping_add(1).max(1);
         &mut self.tables.routes
     }
 
@@ -492,7 +496,7 @@ impl<'a> Datapath<'a> {
                 entry.policy_epoch = epoch;
             }
         }
-        let hop = match self.route(origin, &translated) {
+        let hop = match self.cached_route(origin, id, dir, &translated) {
             Ok(hop) => hop,
             Err(reason) => return Fate::Drop(reason),
         };
@@ -598,10 +602,12 @@ impl<'a> Datapath<'a> {
             Ok(id) => id,
             Err(_) => return Fate::Drop(DropReason::ConntrackFull),
         };
-        let epoch = self.policy_epoch;
+        let (epoch, route_epoch) = (self.policy_epoch, self.route_epoch);
         if let Some(entry) = self.tables.conntrack.entry_mut(id) {
             entry.verdict = verdict.pack();
             entry.policy_epoch = epoch;
+            entry.route_cache = [encode_hop(hop), 0];
+            entry.route_epoch = route_epoch;
             entry.service = service.map_or(u16::MAX, |s| s.0);
         }
         let _ =
@@ -686,16 +692,49 @@ impl<'a> Datapath<'a> {
     /// Where the translated packet goes. Traffic from the overlay may only be
     /// delivered locally.
     fn route(&self, origin: Origin, translated: &FlowKey) -> Result<NextHop, DropReason> {
+        check_origin(origin, self.lookup_hop(translated)?)
+    }
+
+    /// The route table's next hop for the translated destination.
+    fn lookup_hop(&self, translated: &FlowKey) -> Result<NextHop, DropReason> {
         let IpAddr::V4(dst) = translated.dst else {
             return Err(DropReason::NoRoute);
         };
-        let hop = self.tables.routes.lookup(dst).ok_or(DropReason::NoRoute)?;
-        match (origin, hop) {
-            (_, NextHop::Blackhole) => Err(DropReason::Blackhole),
-            (Origin::Overlay(_), NextHop::Port(_) | NextHop::Host) => Ok(hop),
-            (Origin::Overlay(_), _) => Err(DropReason::NotLocal),
-            _ => Ok(hop),
-        }
+        self.tables.routes.lookup(dst).ok_or(DropReason::NoRoute)
+    }
+
+    /// Where a tracked connection's packet goes: the next hop cached in its entry for
+    /// this direction while the routes are unchanged, else a fresh lookup, cached.
+    fn cached_route(
+        &mut self,
+        origin: Origin,
+        id: conntrack::EntryId,
+        dir: Direction,
+        translated: &FlowKey,
+    ) -> Result<NextHop, DropReason> {
+        let epoch = self.route_epoch;
+        let slot = dir as usize;
+        let cached = self
+            .tables
+            .conntrack
+            .entry(id)
+            .filter(|e| e.route_epoch == epoch)
+            .and_then(|e| decode_hop(e.route_cache[slot]));
+        let hop = match cached {
+            Some(hop) => hop,
+            None => {
+                let hop = self.lookup_hop(translated)?;
+                if let Some(entry) = self.tables.conntrack.entry_mut(id) {
+                    if entry.route_epoch != epoch {
+                        entry.route_cache = [0; 2];
+                        entry.route_epoch = epoch;
+                    }
+                    entry.route_cache[slot] = encode_hop(hop);
+                }
+                hop
+            }
+        };
+        check_origin(origin, hop)
     }
 
     /// Answers a connection to a service without backends as kube-proxy does: a TCP
@@ -982,6 +1021,41 @@ impl<'a> Datapath<'a> {
             service,
             bytes: frame.len as u32,
         });
+    }
+}
+
+/// Whether a packet from `origin` may take `hop`: traffic from the overlay may only be
+/// delivered locally, and nothing passes a blackhole.
+fn check_origin(origin: Origin, hop: NextHop) -> Result<NextHop, DropReason> {
+    match (origin, hop) {
+        (_, NextHop::Blackhole) => Err(DropReason::Blackhole),
+        (Origin::Overlay(_), NextHop::Port(_) | NextHop::Host) => Ok(hop),
+        (Origin::Overlay(_), _) => Err(DropReason::NotLocal),
+        _ => Ok(hop),
+    }
+}
+
+/// A next hop as the 64-bit value cached in a conntrack entry (never 0).
+fn encode_hop(hop: NextHop) -> u64 {
+    match hop {
+        NextHop::Port(p) => 1 << 32 | u64::from(p.0),
+        NextHop::Host => 2 << 32,
+        NextHop::Node(n) => 3 << 32 | u64::from(n.0),
+        NextHop::Gateway(ip) => 4 << 32 | u64::from(u32::from(ip)),
+        NextHop::Blackhole => 5 << 32,
+    }
+}
+
+/// The next hop cached by [`encode_hop`], or `None` for an empty slot.
+fn decode_hop(bits: u64) -> Option<NextHop> {
+    let low = bits as u32;
+    match bits >> 32 {
+        1 => Some(NextHop::Port(PortId(low as u16))),
+        2 => Some(NextHop::Host),
+        3 => Some(NextHop::Node(NodeId(low as u16))),
+        4 => Some(NextHop::Gateway(Ipv4Addr::from(low))),
+        5 => Some(NextHop::Blackhole),
+        _ => None,
     }
 }
 

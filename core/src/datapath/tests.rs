@@ -1149,3 +1149,62 @@ fn offloaded_frames_to_the_overlay_come_back_untouched() {
     );
     assert_eq!(out.action, Action::Drop(DropReason::NeedsSoftwareOffload));
 }
+
+#[test]
+fn cached_next_hops_follow_route_changes() {
+    let (mut n1, _) = cluster();
+    let first = run(
+        &mut n1,
+        Ingress::Port(PORT_A),
+        tcp_from(A_MAC, A, B, 40000, 8080, SYN),
+    );
+    assert!(matches!(first.action, Action::Encap(_)));
+    let again = run(
+        &mut n1,
+        Ingress::Port(PORT_A),
+        tcp_from(A_MAC, A, B, 40000, 8080, ACK),
+    );
+    assert!(
+        matches!(again.action, Action::Encap(_)),
+        "served from the cached hop"
+    );
+    // Node 2's block now goes nowhere: the tracked connection must see it at once.
+    n1.routes_mut()
+        .insert(prefix(Ipv4Addr::new(10, 244, 2, 0), 24), NextHop::Blackhole)
+        .unwrap();
+    let cut = run(
+        &mut n1,
+        Ingress::Port(PORT_A),
+        tcp_from(A_MAC, A, B, 40000, 8080, ACK),
+    );
+    assert_eq!(cut.action, Action::Drop(DropReason::Blackhole));
+    // And B moves to this node: delivered locally, not encapsulated.
+    n1.routes_mut()
+        .insert(Ipv4Prefix::host(B), NextHop::Port(PORT_C))
+        .unwrap();
+    let moved = run(
+        &mut n1,
+        Ingress::Port(PORT_A),
+        tcp_from(A_MAC, A, B, 40000, 8080, ACK),
+    );
+    assert!(
+        matches!(moved.action, Action::Deliver { port: PORT_C, .. }),
+        "{:?}",
+        moved.action
+    );
+}
+
+#[test]
+fn next_hops_round_trip_through_the_conntrack_cache_encoding() {
+    for hop in [
+        NextHop::Port(PortId(65535)),
+        NextHop::Host,
+        NextHop::Node(NodeId(7)),
+        NextHop::Gateway(Ipv4Addr::new(192, 0, 2, 254)),
+        NextHop::Blackhole,
+    ] {
+        assert_ne!(super::encode_hop(hop), 0);
+        assert_eq!(super::decode_hop(super::encode_hop(hop)), Some(hop));
+    }
+    assert_eq!(super::decode_hop(0), None);
+}
