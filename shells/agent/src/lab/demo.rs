@@ -13,7 +13,7 @@ use anyhow::Result;
 
 use super::topology::ip;
 use super::traffic::{ping, tcp_ask, udp_ask, Reporter, REPORT_PORT};
-use super::{table, Lab, POD_NAMESPACE};
+use super::{table, Lab};
 
 /// One check and its outcome.
 #[derive(Debug, Clone)]
@@ -59,7 +59,7 @@ struct End {
 
 fn pod_end(p: &super::LabPod) -> End {
     End {
-        label: format!("{POD_NAMESPACE}/{}", p.name),
+        label: format!("{}/{}", p.namespace, p.name),
         netns: p.netns.clone(),
         ip: p.ip,
         node: p.node.clone(),
@@ -126,7 +126,7 @@ pub fn run_checks(lab: &Lab, coverage: Coverage) -> Result<Vec<Check>> {
             .unwrap_or(false);
         out.push(Check {
             what: "one IP per pod".into(),
-            from: format!("{POD_NAMESPACE}/{}", p.name),
+            from: format!("{}/{}", p.namespace, p.name),
             to: "-".into(),
             proto: "-",
             result: if addrs == [p.ip.to_string()] && unique && in_cidr {

@@ -17,6 +17,7 @@ pub mod demo;
 pub mod topology;
 pub mod traffic;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -33,8 +34,13 @@ use topology::{add_netns, add_underlay, attach_to_underlay, del_netns, list_netn
 pub const DEFAULT_PREFIX: &str = "pwlab";
 /// The run directory of the CLI's lab.
 pub const DEFAULT_RUN_DIR: &str = "/run/podwire-lab";
-/// The Kubernetes namespace of the lab's pods.
+/// The Kubernetes namespace of the lab's pods (unless a pod is added to another
+/// with [`Lab::add_pod_with`]).
 pub const POD_NAMESPACE: &str = "default";
+
+fn default_namespace() -> String {
+    POD_NAMESPACE.to_string()
+}
 
 /// What to build.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -173,8 +179,14 @@ pub struct LabNode {
 /// One pod of a built lab.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LabPod {
-    /// Pod name (`node1-pod1`), in namespace [`POD_NAMESPACE`].
+    /// Pod name (`node1-pod1`).
     pub name: String,
+    /// Its Kubernetes namespace ([`POD_NAMESPACE`] unless added elsewhere).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Its labels in the cluster state (`app: lab`, `node: <node>` by default).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     /// Its node's name.
     pub node: String,
     /// Its network namespace.
@@ -345,20 +357,47 @@ impl Lab {
             .with_context(|| format!("no node {name} in the lab"))
     }
 
-    /// A pod by `name` or `namespace/name`.
+    /// A pod by `name` (in [`POD_NAMESPACE`]) or `namespace/name`.
     pub fn pod(&self, name: &str) -> Result<&LabPod> {
-        let bare = match name.split_once('/') {
-            Some((ns, n)) if ns == POD_NAMESPACE => n,
-            Some((ns, _)) => bail!("no namespace {ns} in the lab (pods are in {POD_NAMESPACE})"),
-            None => name,
-        };
+        let (ns, bare) = name.split_once('/').unwrap_or((POD_NAMESPACE, name));
         self.pods
             .iter()
-            .find(|p| p.name == bare)
+            .find(|p| p.name == bare && p.namespace == ns)
             .with_context(|| format!("no pod {name} in the lab"))
     }
 
-    /// Writes the cluster state: listed nodes, the namespace, the pods, extras.
+    /// Replaces the labels of pod `name` (`namespace/name` or a name in
+    /// [`POD_NAMESPACE`]) and rewrites the cluster state (the agents apply it live).
+    pub fn set_pod_labels(&mut self, name: &str, labels: BTreeMap<String, String>) -> Result<()> {
+        let (ns, bare) = {
+            let p = self.pod(name)?;
+            (p.namespace.clone(), p.name.clone())
+        };
+        if let Some(p) = self
+            .pods
+            .iter_mut()
+            .find(|p| p.name == bare && p.namespace == ns)
+        {
+            p.labels = labels;
+        }
+        self.save()?;
+        self.write_manifests()
+    }
+
+    /// Replaces the extra manifests appended to the cluster state (policies,
+    /// services, foreign nodes: YAML documents separated by `---`) and rewrites it
+    /// (the agents apply it live).
+    pub fn set_extra_manifests(&mut self, yaml: &str) -> Result<()> {
+        self.extra_manifests = yaml.trim_start_matches("---\n").to_string();
+        self.save()?;
+        self.write_manifests()
+    }
+
+    /// Writes the cluster state (write a temporary file, then rename it over the
+    /// old one, as the agents poll it): listed nodes, the namespaces, the pods with
+    /// their labels and the IP their CNI ADD returned (`status.podIP` and
+    /// `status.podIPs`, so every agent knows every pod's address and labels, as the
+    /// API server tells a real node), then the extras.
     pub fn write_manifests(&self) -> Result<()> {
         let mut y = String::new();
         for n in self.nodes.iter().filter(|n| n.listed) {
@@ -368,14 +407,29 @@ impl Lab {
                 n.name, n.pod_cidr, n.ip
             ));
         }
-        y.push_str(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {POD_NAMESPACE}}}\n"
-        ));
-        for p in &self.pods {
+        let namespaces: BTreeSet<&str> = std::iter::once(POD_NAMESPACE)
+            .chain(self.pods.iter().map(|p| p.namespace.as_str()))
+            .collect();
+        for (i, ns) in namespaces.iter().enumerate() {
+            if i > 0 {
+                y.push_str("---\n");
+            }
             y.push_str(&format!(
-                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: {POD_NAMESPACE}, \
-                 labels: {{app: lab, node: {}}}}}\nspec: {{nodeName: {}}}\n",
-                p.name, p.node, p.node
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"
+            ));
+        }
+        for p in &self.pods {
+            // Labels as a JSON object: valid YAML flow, whatever the values are.
+            y.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: {}, \
+                 labels: {}}}\nspec: {{nodeName: {}}}\n\
+                 status: {{podIP: {}, podIPs: [{{ip: {}}}]}}\n",
+                p.name,
+                p.namespace,
+                serde_json::to_string(&p.labels)?,
+                p.node,
+                p.ip,
+                p.ip
             ));
         }
         if !self.extra_manifests.is_empty() {
@@ -502,11 +556,35 @@ impl Lab {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Creates pod `name` on `node` as a runtime would: a netns, then
-    /// `podwire-cni ADD` with the CNI environment and the conflist's plugin config.
+    /// Creates pod `name` on `node` in [`POD_NAMESPACE`] with the labels `app: lab`
+    /// and `node: <node>` (see [`Lab::add_pod_with`]).
     pub fn add_pod(&mut self, node: &str, name: &str) -> Result<LabPod> {
+        let labels = [("app", "lab"), ("node", node)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.add_pod_with(node, POD_NAMESPACE, name, labels)
+    }
+
+    /// Creates pod `namespace/name` on `node` as a runtime would: a netns, then
+    /// `podwire-cni ADD` with the CNI environment and the conflist's plugin config;
+    /// then lists it in the cluster state with `labels` and the IP the ADD returned.
+    pub fn add_pod_with(
+        &mut self,
+        node: &str,
+        namespace: &str,
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<LabPod> {
         let n = self.node(node)?.clone();
-        let netns = format!("{}-{name}", self.paths.prefix);
+        if self.pod(&format!("{namespace}/{name}")).is_ok() {
+            bail!("pod {namespace}/{name} already exists in the lab");
+        }
+        let netns = if namespace == POD_NAMESPACE {
+            format!("{}-{name}", self.paths.prefix)
+        } else {
+            format!("{}-{namespace}-{name}", self.paths.prefix)
+        };
         add_netns(&netns)?;
         let dir = self.node_dir(node);
         let conflist: serde_json::Value = serde_json::from_slice(&std::fs::read(
@@ -523,7 +601,7 @@ impl Lab {
             .env("CNI_PATH", dir.join("bin"))
             .env(
                 "CNI_ARGS",
-                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={POD_NAMESPACE};K8S_POD_NAME={name}"),
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"),
             )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -549,6 +627,8 @@ impl Lab {
             .with_context(|| format!("no IP in the ADD result {result}"))?;
         let pod = LabPod {
             name: name.into(),
+            namespace: namespace.into(),
+            labels,
             node: n.name,
             netns,
             ip,
@@ -689,7 +769,7 @@ pub fn status_table(lab: &Lab) -> String {
     ]];
     for p in &lab.pods {
         rows.push(vec![
-            format!("{POD_NAMESPACE}/{}", p.name),
+            format!("{}/{}", p.namespace, p.name),
             p.node.clone(),
             p.ip.to_string(),
             p.netns.clone(),
@@ -749,6 +829,7 @@ pub fn netns_exists(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     #[test]
     fn spec_addresses_and_validation() {
@@ -772,6 +853,83 @@ mod tests {
             vec!["xxx".into(), "y".into(), "z".into()],
         ]);
         assert_eq!(t, "A     BB   C\nxxx   y    z\n");
+    }
+
+    #[test]
+    fn manifests_list_every_pod_with_labels_namespace_and_ip() {
+        use crate::control::cluster::ClusterState;
+        use crate::control::manifests::{parse, Manifests};
+        let dir = std::env::temp_dir().join(format!("pwlab-manifests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = LabSpec::default();
+        let pod = |name: &str, ns: &str, node: &str, ip: [u8; 4], labels: &[(&str, &str)]| LabPod {
+            name: name.into(),
+            namespace: ns.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            node: node.into(),
+            netns: format!("x-{name}"),
+            ip: ip.into(),
+        };
+        let mut lab = Lab {
+            paths: LabPaths {
+                prefix: "x".into(),
+                run_dir: dir.clone(),
+                podwire: "podwire".into(),
+                podwire_cni: "podwire-cni".into(),
+            },
+            underlay: "x-underlay".into(),
+            nodes: (1..=2)
+                .map(|i| LabNode {
+                    name: format!("node{i}"),
+                    netns: format!("x-node{i}"),
+                    ip: spec.node_ip(i).unwrap(),
+                    pod_cidr: spec.pod_cidr(i).unwrap(),
+                    agent_pid: 0,
+                    listed: true,
+                })
+                .collect(),
+            spec,
+            pods: vec![
+                pod(
+                    "web",
+                    "default",
+                    "node1",
+                    [10, 244, 1, 2],
+                    &[("app", "web"), ("note", "a: b, {c}")],
+                ),
+                pod("c", "team-a", "node2", [10, 244, 2, 2], &[("role", "a: b")]),
+            ],
+            extra_manifests: String::new(),
+        };
+        lab.save().unwrap();
+        lab.set_pod_labels(
+            "team-a/c",
+            [("role".to_string(), "client".to_string())].into(),
+        )
+        .unwrap();
+        lab.set_extra_manifests("---\napiVersion: v1\nkind: Namespace\nmetadata: {name: extra}\n")
+            .unwrap();
+        let text = std::fs::read_to_string(lab.manifests_file()).unwrap();
+        let mut m = Manifests::default();
+        m.extend(parse(&text, &lab.manifests_file()).unwrap());
+        let state = ClusterState::from_manifests(&m).unwrap();
+        let web = &state.pods[state.pod_index("default", "web").unwrap()];
+        assert_eq!(web.ips, vec![IpAddr::from([10, 244, 1, 2])]);
+        assert_eq!(web.labels.get("app").map(String::as_str), Some("web"));
+        assert_eq!(
+            web.labels.get("note").map(String::as_str),
+            Some("a: b, {c}")
+        );
+        let c = &state.pods[state.pod_index("team-a", "c").unwrap()];
+        assert_eq!(c.ips, vec![IpAddr::from([10, 244, 2, 2])]);
+        assert_eq!(c.labels.get("role").map(String::as_str), Some("client"));
+        assert!(state.namespaces.contains_key("team-a"));
+        assert!(state.namespaces.contains_key("extra"));
+        assert!(lab.pod("c").is_err() && lab.pod("team-a/c").is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
