@@ -113,8 +113,8 @@ fn prefix(net: Ipv4Net) -> Result<Ipv4Prefix, String> {
 /// Sends VXLAN with a zero outer UDP checksum (`SO_NO_CHECK`), as RFC 7348
 /// recommends over IPv4 and as the kernel's VXLAN device (flannel) does by default:
 /// the inner frame carries its own checksums, and the socket path skips a pass over
-/// every payload. Used only when the socket does not send with UDP GSO (see
-/// [`super::udp`]), which requires the checksum.
+/// every payload. UDP GSO runs are the exception: the kernel requires the checksum
+/// for them, and [`super::udp::SendBatch`] turns it on for those sends only.
 ///
 /// About source ports: the socket is bound to the VXLAN port (8472), so every
 /// datagram leaves from it; the per-flow entropy port the core computes
@@ -289,11 +289,7 @@ impl Dataplane {
     ) -> Result<Dataplane, String> {
         let mut dp = build(setup, sizes)?;
         if let Some(u) = &underlay {
-            // UDP GSO needs the outer checksum (the kernel refuses GSO sends on a
-            // SO_NO_CHECK socket); veth and real NICs offload it.
-            if !super::udp::gso_enabled(u) {
-                no_udp_checksum(u);
-            }
+            no_udp_checksum(u);
         }
         // The flow-event ring lives as long as the process, like the tables.
         let ring: &'static mut Queue<FlowEvent, EVENT_RING> = Box::leak(Box::default());

@@ -11,10 +11,18 @@
 //! the natural case — are already contiguous in the arena, so they go out as one
 //! message with a `UDP_SEGMENT` control message and the kernel cuts them into
 //! datagrams (one trip down the stack for up to 64 segments). UDP GSO refuses sockets
-//! with `SO_NO_CHECK`, so when it is used the outer UDP checksum stays on (it is
-//! offloaded by veth and by real NICs); if a GSO send fails, GSO is switched off for
-//! the socket and the run is resent datagram by datagram. `PODWIRE_UDP_GSO=0` in the
+//! with `SO_NO_CHECK`, so single datagrams keep the zero outer checksum of RFC 7348
+//! and GSO runs are sent with the checksum on (offloaded by veth and by real NICs;
+//! `SO_NO_CHECK` is toggled only when the kind of message changes, which in a TCP
+//! stream is rare); if a GSO send fails, GSO is switched off for the socket and the
+//! run is resent datagram by datagram. `PODWIRE_UDP_GSO=0` in the
 //! agent's environment turns GSO off (to measure batching alone).
+//!
+//! On receive, [`prepare`] turns on UDP GRO: a peer's GSO packet crosses the underlay
+//! as one skb and is read as one coalesced datagram (with its segment size in a
+//! `UDP_GRO` control message) instead of being cut into tens of datagrams that
+//! overflow the socket buffer; the worker splits it at the segment size and each
+//! datagram goes through the core on its own. `PODWIRE_UDP_GRO=0` turns it off.
 //!
 //! The `unsafe` here is the two syscalls and their C structures: every pointer handed
 //! to the kernel points into a buffer owned by the batch and alive for the call, with
@@ -42,19 +50,7 @@ pub fn gso_enabled(socket: &UdpSocket) -> bool {
     if std::env::var("PODWIRE_UDP_GSO").is_ok_and(|v| v == "0") {
         return false;
     }
-    let mut value: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: a valid socket fd; `value` and `len` are valid for writes of their size.
-    let r = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_UDP,
-            libc::UDP_SEGMENT,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    r == 0
+    get_int(socket, libc::SOL_UDP, libc::UDP_SEGMENT).is_some()
 }
 
 /// Socket buffer size asked for (as root, past `net.core.[rw]mem_max`).
@@ -327,6 +323,26 @@ pub struct SendBatch {
     arena: Vec<u8>,
     queued: Vec<Queued>,
     gso: bool,
+    /// The socket had `SO_NO_CHECK` (zero outer checksums) when the batch was made.
+    zero_checksum: bool,
+    /// `SO_NO_CHECK` as last set.
+    no_check: bool,
+}
+
+fn get_int(socket: &UdpSocket, level: libc::c_int, name: libc::c_int) -> Option<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a valid socket fd; `value` and `len` are valid for writes of their size.
+    let r = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(value)
 }
 
 impl SendBatch {
@@ -336,6 +352,19 @@ impl SendBatch {
             arena: Vec::with_capacity(MAX_BATCH * 2048),
             queued: Vec::with_capacity(MAX_BATCH),
             gso,
+            zero_checksum: false,
+            no_check: false,
+        }
+    }
+
+    /// An empty batch for `socket`: GSO if [`gso_enabled`], and single datagrams keep
+    /// the socket's `SO_NO_CHECK`.
+    pub fn for_socket(socket: &UdpSocket) -> SendBatch {
+        let zero = get_int(socket, libc::SOL_SOCKET, libc::SO_NO_CHECK).is_some_and(|v| v != 0);
+        SendBatch {
+            zero_checksum: zero,
+            no_check: zero,
+            ..SendBatch::new(gso_enabled(socket))
         }
     }
 
@@ -406,7 +435,20 @@ impl SendBatch {
             self.messages(from, &mut messages);
             let mut i = 0;
             while i < messages.len() {
-                let chunk = &messages[i..(i + MAX_BATCH).min(messages.len())];
+                // One kind of message per call: GSO runs or single datagrams.
+                let kind = messages[i].count > 1;
+                let end = messages[i..]
+                    .iter()
+                    .take(MAX_BATCH)
+                    .take_while(|m| (m.count > 1) == kind)
+                    .count();
+                let chunk = &messages[i..i + end];
+                let no_check = self.zero_checksum && !kind;
+                if no_check != self.no_check
+                    && set_int(socket, libc::SOL_SOCKET, libc::SO_NO_CHECK, no_check.into())
+                {
+                    self.no_check = no_check;
+                }
                 done.syscalls += 1;
                 match self.send_chunk(socket, chunk) {
                     Ok(k) if k > 0 => {
@@ -606,6 +648,62 @@ mod tests {
             }
             assert_eq!(got, want, "gso={gso}");
         }
+    }
+
+    #[test]
+    fn a_gro_socket_reads_a_gso_run_and_it_splits_back() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let gro = prepare(&rx);
+        let to = rx.local_addr().unwrap();
+        let mut s = SendBatch::new(gso_enabled(&tx));
+        let mut want = Vec::new();
+        for i in 0..20u8 {
+            let p = vec![i; if i == 19 { 77 } else { 1400 }];
+            s.push(to, &p);
+            want.push(p);
+        }
+        assert_eq!(s.flush(&tx).sent, 20);
+        let mut r = RecvBatch::default();
+        let mut got = Vec::new();
+        for _ in 0..200 {
+            r.recv(&rx).unwrap();
+            for d in r.iter_mut() {
+                let payload = &d.buf[HEADROOM..HEADROOM + d.len];
+                if d.segment == 0 {
+                    got.push(payload.to_vec());
+                } else {
+                    assert!(gro, "a coalesced read without UDP_GRO");
+                    got.extend(payload.chunks(d.segment).map(<[u8]>::to_vec));
+                }
+            }
+            if got.len() >= want.len() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn gso_runs_go_out_from_a_zero_checksum_socket() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(set_int(&tx, libc::SOL_SOCKET, libc::SO_NO_CHECK, 1));
+        let mut s = SendBatch::for_socket(&tx);
+        let gso = s.gso();
+        let to = rx.local_addr().unwrap();
+        for _ in 0..5 {
+            s.push(to, &[1u8; 1000]);
+        }
+        let f = s.flush(&tx);
+        assert_eq!((f.sent, f.failed), (5, 0));
+        // The kernel took the run as GSO (SO_NO_CHECK was lifted for it), so GSO
+        // was not switched off; a single datagram restores the zero checksum.
+        assert_eq!(s.gso(), gso);
+        s.push(to, &[2u8; 10]);
+        assert_eq!(s.flush(&tx).sent, 1);
+        assert_eq!(get_int(&tx, libc::SOL_SOCKET, libc::SO_NO_CHECK), Some(1));
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //! `epoll` wait when commands arrive. Reads are batched per ready queue (level-
 //! triggered, at most [`BATCH`] frames per queue per turn, so one busy pod cannot
 //! starve the others). The clock is read once per turn and passed to the core.
+//! The underlay socket is read with `recvmmsg` (UDP GRO reads are split back into
+//! datagrams) and written through a [`SendBatch`]: encapsulated payloads are queued
+//! and flushed with `sendmmsg`/UDP GSO after each ready source ([`super::udp`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -29,7 +32,7 @@ use super::forward::{
     forward_frame, forward_one, read_frame, write_frame, write_frame_with, Egress, Forwarder,
     Outcome, BUFFER_LEN, HEADROOM,
 };
-use super::udp::{gso_enabled, RecvBatch, SendBatch, MAX_BATCH};
+use super::udp::{RecvBatch, SendBatch, MAX_BATCH};
 use super::vnet::VnetHdr;
 
 /// Frames read from one queue per turn.
@@ -179,7 +182,9 @@ fn run<F: Forwarder>(
     // the core encapsulates are queued and flushed with `sendmmsg` after each ready
     // source (or every `MAX_BATCH` payloads), with UDP GSO where the kernel has it.
     let mut recv = RecvBatch::default();
-    let mut send = SendBatch::new(underlay.as_ref().is_some_and(gso_enabled));
+    let mut send = underlay
+        .as_ref()
+        .map_or_else(|| SendBatch::new(false), SendBatch::for_socket);
     // Software segmentation of GSO frames for the overlay writes segments here.
     let mut scratch = vec![0u8; BUFFER_LEN];
     let mut events = vec![EpollEvent::empty(); 64];
