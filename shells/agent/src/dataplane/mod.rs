@@ -11,5 +11,6 @@ pub mod gso;
 pub mod node;
 pub mod ports;
 pub mod tap;
+pub mod udp;
 pub mod vnet;
 pub mod worker;

@@ -113,7 +113,8 @@ fn prefix(net: Ipv4Net) -> Result<Ipv4Prefix, String> {
 /// Sends VXLAN with a zero outer UDP checksum (`SO_NO_CHECK`), as RFC 7348
 /// recommends over IPv4 and as the kernel's VXLAN device (flannel) does by default:
 /// the inner frame carries its own checksums, and the socket path skips a pass over
-/// every payload.
+/// every payload. UDP GSO runs are the exception: the kernel requires the checksum
+/// for them, and [`super::udp::SendBatch`] turns it on for those sends only.
 ///
 /// About source ports: the socket is bound to the VXLAN port (8472), so every
 /// datagram leaves from it; the per-flow entropy port the core computes

@@ -11,6 +11,9 @@
 //! `epoll` wait when commands arrive. Reads are batched per ready queue (level-
 //! triggered, at most [`BATCH`] frames per queue per turn, so one busy pod cannot
 //! starve the others). The clock is read once per turn and passed to the core.
+//! The underlay socket is read with `recvmmsg` (UDP GRO reads are split back into
+//! datagrams) and written through a [`SendBatch`]: encapsulated payloads are queued
+//! and flushed with `sendmmsg`/UDP GSO after each ready source ([`super::udp`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -29,6 +32,7 @@ use super::forward::{
     forward_frame, forward_one, read_frame, write_frame, write_frame_with, Egress, Forwarder,
     Outcome, BUFFER_LEN, HEADROOM,
 };
+use super::udp::{RecvBatch, SendBatch, MAX_BATCH};
 use super::vnet::VnetHdr;
 
 /// Frames read from one queue per turn.
@@ -94,7 +98,7 @@ impl<F: Forwarder + Send + 'static> WorkerHandle<F> {
 
 struct PortsEgress<'a> {
     ports: &'a HashMap<PortId, OwnedFd>,
-    underlay: Option<&'a UdpSocket>,
+    underlay: Option<&'a mut SendBatch>,
 }
 
 impl Egress for PortsEgress<'_> {
@@ -120,10 +124,13 @@ impl Egress for PortsEgress<'_> {
     ) -> io::Result<()> {
         // A socket bound to the VXLAN port sends from that port; per-flow source
         // ports (ECMP entropy) need one socket per port or a raw socket: later.
+        // Queued here, sent by the worker's flush (`sendmmsg`, UDP GSO).
         let s = self
             .underlay
+            .as_deref_mut()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no underlay socket"))?;
-        s.send_to(payload, remote).map(|_| ())
+        s.push(remote, payload);
+        Ok(())
     }
 }
 
@@ -141,6 +148,7 @@ pub fn spawn<F: Forwarder + Send + 'static>(
     let wake2 = wake.clone();
     if let Some(u) = &underlay {
         u.set_nonblocking(true)?;
+        super::udp::prepare(u);
     }
     let thread = std::thread::Builder::new()
         .name("podwire-dataplane".into())
@@ -170,6 +178,13 @@ fn run<F: Forwarder>(
     let mut ports: HashMap<PortId, OwnedFd> = HashMap::new();
     let mut counters = Counters::default();
     let mut buf = vec![0u8; BUFFER_LEN];
+    // Underlay I/O is batched: datagrams are read with `recvmmsg`, and the payloads
+    // the core encapsulates are queued and flushed with `sendmmsg` after each ready
+    // source (or every `MAX_BATCH` payloads), with UDP GSO where the kernel has it.
+    let mut recv = RecvBatch::default();
+    let mut send = underlay
+        .as_ref()
+        .map_or_else(|| SendBatch::new(false), SendBatch::for_socket);
     // Software segmentation of GSO frames for the overlay writes segments here.
     let mut scratch = vec![0u8; BUFFER_LEN];
     let mut events = vec![EpollEvent::empty(); 64];
@@ -215,30 +230,61 @@ fn run<F: Forwarder>(
                 }
                 UNDERLAY => {
                     let Some(u) = &underlay else { continue };
-                    for _ in 0..BATCH {
-                        let (len, from) = match u.recv_from(&mut buf[HEADROOM..]) {
-                            Ok(x) => x,
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    // Up to BATCH / MAX_BATCH reads, like a port's batch of frames.
+                    for _ in 0..BATCH.div_ceil(MAX_BATCH) {
+                        let n = match recv.recv(u) {
+                            Ok(n) => n,
                             Err(_) => break,
                         };
-                        counters.received += 1;
-                        let ingress = Ingress::Underlay {
-                            source: from.ip(),
-                            source_port: from.port(),
-                        };
-                        let mut egress = PortsEgress {
-                            ports: &ports,
-                            underlay: underlay.as_ref(),
-                        };
-                        let span = Span {
-                            start: HEADROOM,
-                            len,
-                        };
-                        tally(
-                            &mut counters,
-                            forward_one(&mut fwd, now, ingress, &mut buf, span, &mut egress),
-                        );
+                        for d in recv.iter_mut() {
+                            let ingress = Ingress::Underlay {
+                                source: d.from.ip(),
+                                source_port: d.from.port(),
+                            };
+                            let mut egress = PortsEgress {
+                                ports: &ports,
+                                underlay: Some(&mut send),
+                            };
+                            if d.segment == 0 || d.len <= d.segment {
+                                counters.received += 1;
+                                let span = Span {
+                                    start: HEADROOM,
+                                    len: d.len,
+                                };
+                                tally(
+                                    &mut counters,
+                                    forward_one(&mut fwd, now, ingress, d.buf, span, &mut egress),
+                                );
+                                continue;
+                            }
+                            // A GRO-coalesced read: each datagram is copied behind
+                            // fresh headroom and goes through the core on its own.
+                            let payload = d.buf.get(HEADROOM..HEADROOM + d.len).unwrap_or(&[]);
+                            for seg in payload.chunks(d.segment) {
+                                counters.received += 1;
+                                buf[HEADROOM..HEADROOM + seg.len()].copy_from_slice(seg);
+                                let span = Span {
+                                    start: HEADROOM,
+                                    len: seg.len(),
+                                };
+                                tally(
+                                    &mut counters,
+                                    forward_one(
+                                        &mut fwd,
+                                        now,
+                                        ingress,
+                                        &mut buf,
+                                        span,
+                                        &mut egress,
+                                    ),
+                                );
+                            }
+                        }
+                        if n < MAX_BATCH {
+                            break;
+                        }
                     }
+                    flush(&mut send, u, &mut counters);
                 }
                 token => {
                     let id = PortId(token as u16);
@@ -252,7 +298,7 @@ fn run<F: Forwarder>(
                         counters.received += 1;
                         let mut egress = PortsEgress {
                             ports: &ports,
-                            underlay: underlay.as_ref(),
+                            underlay: underlay.as_ref().map(|_| &mut send),
                         };
                         tally(
                             &mut counters,
@@ -267,11 +313,28 @@ fn run<F: Forwarder>(
                                 &mut egress,
                             ),
                         );
+                        if send.len() >= MAX_BATCH {
+                            if let Some(u) = &underlay {
+                                flush(&mut send, u, &mut counters);
+                            }
+                        }
+                    }
+                    if let Some(u) = &underlay {
+                        flush(&mut send, u, &mut counters);
                     }
                 }
             }
         }
     }
+}
+
+/// Sends the queued underlay payloads; each datagram that could not be sent counts
+/// as an egress error (its action was counted as sent when it was queued).
+fn flush(send: &mut SendBatch, socket: &UdpSocket, c: &mut Counters) {
+    if send.is_empty() {
+        return;
+    }
+    c.egress_errors += send.flush(socket).failed;
 }
 
 fn tally(c: &mut Counters, r: io::Result<Outcome>) {
