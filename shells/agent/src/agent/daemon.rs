@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
+use podwire_core::wire::Vni;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio::sync::Mutex;
@@ -55,6 +56,8 @@ pub struct AgentConfig {
     pub queues: usize,
     /// The VXLAN UDP port.
     pub vxlan_port: u16,
+    /// VXLAN network identifier.
+    pub vni: Vni,
     /// Connection-tracking entries.
     pub conntrack_entries: usize,
 }
@@ -136,6 +139,8 @@ fn start_dataplane<N: Netlink>(
         node_ip,
         underlay_mtu: underlay_mtu.min(u32::from(u16::MAX)) as u16,
         host_mac: mac_for(pods.gateway()),
+        vxlan_port: config.vxlan_port,
+        vni: config.vni,
     };
     let sizes = Sizes {
         conntrack: config.conntrack_entries.max(1024),

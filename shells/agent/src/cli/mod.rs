@@ -18,6 +18,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use podwire_core::wire::Vni;
 
 /// podwire: Kubernetes pod networking on one allocation-free core.
 #[derive(Debug, Parser)]
@@ -87,6 +88,9 @@ pub struct AgentArgs {
     /// VXLAN UDP port (flannel-compatible default).
     #[arg(long, default_value_t = 8472)]
     pub vxlan_port: u16,
+    /// VXLAN network identifier, 0 to 16777215 (flannel-compatible default).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=0x00ff_ffff))]
+    pub vxlan_vni: u32,
     /// Connection-tracking entries.
     #[arg(long, default_value_t = 65536)]
     pub conntrack_entries: usize,
@@ -201,6 +205,7 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         reload_interval: Duration::from_millis(a.reload_interval_ms.max(50)),
         queues: a.queues,
         vxlan_port: a.vxlan_port,
+        vni: Vni::new(a.vxlan_vni).unwrap_or(Vni::DEFAULT),
         conntrack_entries: a.conntrack_entries,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -33,7 +33,7 @@ use podwire_core::service::{
     AffinitySlot, BackendSlot, FrontendSlot, ServiceSlot, ServiceStorage, ServiceTable,
 };
 use podwire_core::vxlan::{Vtep, VtepSlot, VtepTable, VxlanConfig};
-use podwire_core::wire::EthernetAddress;
+use podwire_core::wire::{EthernetAddress, Vni};
 use podwire_core::Instant;
 
 use heapless::spsc::Queue;
@@ -85,6 +85,10 @@ pub struct NodeSetup {
     pub underlay_mtu: u16,
     /// `podwire0`'s MAC (destination of frames to the host).
     pub host_mac: [u8; 6],
+    /// The VXLAN UDP port peers listen on (8472, as flannel, by default).
+    pub vxlan_port: u16,
+    /// The VXLAN network identifier (1, as flannel, by default).
+    pub vni: Vni,
 }
 
 /// A remote node as the datapath sees it.
@@ -187,6 +191,8 @@ pub fn build(setup: &NodeSetup, sizes: Sizes) -> Result<Datapath<'static>, Strin
     let router = EthernetAddress(router_mac(setup.node_ip));
     let mut vxlan = VxlanConfig::new(IpAddr::V4(setup.node_ip), router);
     vxlan.underlay_mtu = setup.underlay_mtu;
+    vxlan.dst_port = setup.vxlan_port;
+    vxlan.vni = setup.vni;
     let config = DatapathConfig {
         node: setup.node,
         router_mac: router,
@@ -487,5 +493,28 @@ impl Dataplane {
             });
         });
         rx.recv_timeout(Duration::from_secs(1)).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_datapath_uses_the_configured_vxlan_port_and_vni() {
+        let setup = NodeSetup {
+            node: NodeId(0),
+            pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 244, 1, 1),
+            node_ip: Ipv4Addr::new(192, 0, 2, 1),
+            underlay_mtu: 1500,
+            host_mac: [0x0a, 0x58, 10, 244, 1, 1],
+            vxlan_port: 4789,
+            vni: Vni::new(42).unwrap(),
+        };
+        let dp = build(&setup, Sizes::default()).unwrap();
+        assert_eq!(dp.config().vxlan.dst_port, 4789);
+        assert_eq!(dp.config().vxlan.vni, Vni::new(42).unwrap());
+        assert_eq!(dp.config().vxlan.pod_mtu(), 1450);
     }
 }
