@@ -19,7 +19,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -43,17 +42,7 @@ fn median(v: &mut [f64]) -> Option<f64> {
 }
 
 fn in_ns_command(netns: &str, program: &str) -> Command {
-    let path = netns_path(netns);
-    let mut c = Command::new(program);
-    // SAFETY: only async-signal-safe calls (open, setns) between fork and exec.
-    unsafe {
-        c.pre_exec(move || {
-            let f = std::fs::File::open(&path)?;
-            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
-            Ok(())
-        });
-    }
-    c
+    podwire_agent::netlink::netns::command_in(netns_path(netns), program)
 }
 
 fn iperf(server_ns: &str, client_ns: &str, server_ip: Ipv4Addr) -> Option<f64> {

@@ -15,7 +15,6 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -33,17 +32,7 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn in_ns_command(netns: &str, program: &str) -> Command {
-    let path = netns_path(netns);
-    let mut c = Command::new(program);
-    // SAFETY: only async-signal-safe calls (open, setns) between fork and exec.
-    unsafe {
-        c.pre_exec(move || {
-            let f = std::fs::File::open(&path)?;
-            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
-            Ok(())
-        });
-    }
-    c
+    podwire_agent::netlink::netns::command_in(netns_path(netns), program)
 }
 
 /// Runs a plugin (optionally inside `netns`) and returns (elapsed, exit code, stdout).

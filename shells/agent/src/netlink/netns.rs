@@ -9,9 +9,27 @@
 
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use nix::sched::{setns, unshare, CloneFlags};
+
+/// A command for `program` that enters the network namespace at `path` between fork
+/// and exec, as a container runtime starts a process in a pod's namespace.
+pub fn command_in(path: impl Into<PathBuf>, program: &str) -> Command {
+    let path = path.into();
+    let mut c = Command::new(program);
+    // SAFETY: only async-signal-safe calls (open, setns) run between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            let f = File::open(&path)?;
+            setns(&f, CloneFlags::CLONE_NEWNET)?;
+            Ok(())
+        });
+    }
+    c
+}
 
 /// Whether the process runs as root (tests that need root skip otherwise).
 pub fn is_root() -> bool {
