@@ -1,54 +1,10 @@
 //! The Internet checksum (RFC 1071) for the outer IPv4 and UDP headers.
 //!
-//! Design note: smoltcp's checksum helpers are crate-private, and the UDP checksum of a
-//! VXLAN frame covers the whole inner frame, so it is worth a fast loop. Because
-//! 2^16 ≡ 1 (mod 2^16 − 1), the ones'-complement sum of 16-bit words equals that of
-//! 32-bit words folded down to 16 bits, and it commutes with byte swapping; [`sum`]
-//! therefore adds native little-endian 32-bit reads into a 64-bit accumulator (no carry
-//! handling in the loop), folds once and swaps once. Inputs here are at most 64 KiB,
-//! far from the accumulator's limit.
+//! Design note: the sum itself is the crate's fast loop ([`crate::checksum::sum_wide`]);
+//! what is VXLAN-specific is the pseudo-header of the outer UDP datagram, whose
+//! checksum covers the whole inner frame.
 
-/// The ones'-complement sum of `data` read as big-endian 16-bit words (an odd final
-/// byte is padded with zero), folded to 16 bits and widened so that partial sums can be
-/// added. `data` must start at an even offset of the checksummed stream.
-///
-/// The loop reads little-endian 32-bit words (free on x86 and ARM) into a 64-bit
-/// accumulator in 32-byte blocks, which compilers vectorise; since the ones'-complement
-/// sum commutes with byte swapping (RFC 1071 §2(B)), the folded result is swapped once
-/// at the end.
-#[inline]
-pub(crate) fn sum(data: &[u8]) -> u64 {
-    let mut acc: u64 = 0;
-    let mut blocks = data.chunks_exact(32);
-    for block in &mut blocks {
-        let mut block_acc: u64 = 0;
-        for w in block.chunks_exact(4) {
-            block_acc += u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
-        }
-        acc += block_acc;
-    }
-    let mut words = blocks.remainder().chunks_exact(4);
-    for w in &mut words {
-        acc += u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
-    }
-    let mut tail = [0u8; 4];
-    for (t, r) in tail.iter_mut().zip(words.remainder()) {
-        *t = *r;
-    }
-    acc += u64::from(u32::from_le_bytes(tail));
-    u64::from(fold(acc).swap_bytes())
-}
-
-/// Folds an unfolded sum to 16 bits (end-around carry), without complementing.
-#[inline]
-pub(crate) fn fold(mut acc: u64) -> u16 {
-    acc = (acc & 0xffff_ffff) + (acc >> 32);
-    acc = (acc & 0xffff_ffff) + (acc >> 32);
-    acc = (acc & 0xffff) + (acc >> 16);
-    acc = (acc & 0xffff) + (acc >> 16);
-    acc = (acc & 0xffff) + (acc >> 16);
-    acc as u16
-}
+pub(crate) use crate::checksum::{fold, sum_wide as sum};
 
 /// The IPv4 pseudo-header sum for UDP (RFC 768).
 #[inline]

@@ -165,8 +165,9 @@ pub fn forward_frame<F: Forwarder, E: Egress>(
     }
 }
 
-/// Performs `action`; a delivered frame is written with the offloads `hdr` describes.
-fn perform<E: Egress>(
+/// Performs `action` (the result of processing a frame that entered at `ingress`,
+/// in `buf`); a delivered frame is written with the offloads `hdr` describes.
+pub fn perform<E: Egress>(
     action: Action,
     ingress: Ingress,
     buf: &[u8],
@@ -251,11 +252,31 @@ pub fn write_frame(queue: &OwnedFd, frame: &[u8]) -> io::Result<()> {
 /// `hdr`: the receiving kernel takes a GSO frame as one GSO packet and completes a
 /// partial checksum (or trusts it) as the header says.
 pub fn write_frame_with(queue: &OwnedFd, hdr: &VnetHdr, frame: &[u8]) -> io::Result<()> {
+    write_parts(queue, hdr, &[IoSlice::new(frame)])
+}
+
+/// The most parts [`write_parts`] gathers into one frame (a coalesced run's headers
+/// and its payloads).
+pub const MAX_PARTS: usize = super::coalesce::MAX_SEGMENTS + 1;
+
+/// Writes one frame gathered from `parts` to a TAP queue opened with
+/// `IFF_VNET_HDR`, behind the header `hdr` (one `writev`; at most [`MAX_PARTS`]
+/// parts).
+pub fn write_parts(queue: &OwnedFd, hdr: &VnetHdr, parts: &[IoSlice]) -> io::Result<()> {
+    if parts.len() > MAX_PARTS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many parts for one frame",
+        ));
+    }
     let hdr = hdr.emit();
-    let iov = [IoSlice::new(&hdr), IoSlice::new(frame)];
-    // SAFETY: both slices are valid for reads for their lengths; `IoSlice` is
-    // ABI-compatible with `struct iovec`.
-    let n = unsafe { libc::writev(queue.as_raw_fd(), iov.as_ptr().cast(), 2) };
+    let mut iov = [IoSlice::new(&[]); MAX_PARTS + 1];
+    iov[0] = IoSlice::new(&hdr);
+    iov[1..=parts.len()].copy_from_slice(parts);
+    let iov = &iov[..=parts.len()];
+    // SAFETY: every slice is valid for reads for its length; `IoSlice` is
+    // ABI-compatible with `struct iovec`; the count is the vector's length.
+    let n = unsafe { libc::writev(queue.as_raw_fd(), iov.as_ptr().cast(), iov.len() as _) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -5,6 +5,7 @@
 //! `Datapath`, which runs on a worker thread ([`worker`]) and is controlled through
 //! [`node::Dataplane`].
 
+pub mod coalesce;
 pub mod flows;
 pub mod forward;
 pub mod gso;

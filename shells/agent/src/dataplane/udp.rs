@@ -33,6 +33,7 @@ use std::mem::size_of;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
 
+use super::coalesce::Slots;
 use super::forward::{BUFFER_LEN, HEADROOM};
 
 /// Datagrams read, or messages sent, per syscall.
@@ -150,10 +151,10 @@ fn from_sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-/// One received datagram: its payload is `buf[HEADROOM..HEADROOM + len]`.
-pub struct Received<'a> {
-    /// The datagram's buffer (headroom, payload, slack).
-    pub buf: &'a mut [u8],
+/// One received datagram: its payload is `buf[HEADROOM..HEADROOM + len]` of its
+/// buffer ([`RecvBatch::buf_mut`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Datagram {
     /// Payload length.
     pub len: usize,
     /// The sender.
@@ -268,22 +269,38 @@ impl RecvBatch {
         Ok(n)
     }
 
-    /// The datagrams of the last [`RecvBatch::recv`], in order.
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = Received<'_>> {
-        self.bufs
-            .iter_mut()
-            .zip(&self.addrs)
-            .zip(&self.lens)
-            .zip(&self.segments)
-            .take(self.count)
-            .filter_map(|(((buf, addr), &len), &segment)| {
-                Some(Received {
-                    buf,
-                    len,
-                    from: from_sockaddr(addr)?,
-                    segment,
-                })
-            })
+    /// Datagrams read by the last [`RecvBatch::recv`].
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// The last read returned nothing.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Datagram `i` of the last read (`None` past its end or for a sender address
+    /// of an unknown family).
+    pub fn datagram(&self, i: usize) -> Option<Datagram> {
+        if i >= self.count {
+            return None;
+        }
+        Some(Datagram {
+            len: self.lens[i],
+            from: from_sockaddr(&self.addrs[i])?,
+            segment: self.segments[i],
+        })
+    }
+
+    /// The buffer of datagram `i`, headroom included.
+    pub fn buf_mut(&mut self, i: usize) -> &mut [u8] {
+        self.bufs.get_mut(i).map_or(&mut [], |b| b.as_mut_slice())
+    }
+}
+
+impl Slots for RecvBatch {
+    fn slot(&self, slot: usize) -> &[u8] {
+        self.bufs.get(slot).map_or(&[], |b| b.as_slice())
     }
 }
 
@@ -637,9 +654,10 @@ mod tests {
             let mut got = Vec::new();
             for _ in 0..200 {
                 r.recv(&rx).unwrap();
-                for d in r.iter_mut() {
+                for i in 0..r.len() {
+                    let d = r.datagram(i).unwrap();
                     assert_eq!(d.from, tx.local_addr().unwrap());
-                    got.push(d.buf[HEADROOM..HEADROOM + d.len].to_vec());
+                    got.push(r.slot(i)[HEADROOM..HEADROOM + d.len].to_vec());
                 }
                 if got.len() >= want.len() {
                     break;
@@ -668,8 +686,9 @@ mod tests {
         let mut got = Vec::new();
         for _ in 0..200 {
             r.recv(&rx).unwrap();
-            for d in r.iter_mut() {
-                let payload = &d.buf[HEADROOM..HEADROOM + d.len];
+            for i in 0..r.len() {
+                let d = r.datagram(i).unwrap();
+                let payload = &r.slot(i)[HEADROOM..HEADROOM + d.len];
                 if d.segment == 0 {
                     got.push(payload.to_vec());
                 } else {

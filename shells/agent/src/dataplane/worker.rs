@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::io::IoSlice;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc;
@@ -24,13 +25,14 @@ use std::thread::JoinHandle;
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use podwire_core::datapath::{Ingress, Span};
+use podwire_core::datapath::{Action, Ingress, Span};
 use podwire_core::ids::PortId;
 use podwire_core::Instant;
 
+use super::coalesce::{Coalescer, PortWriter, Written};
 use super::forward::{
-    forward_frame, forward_one, read_frame, write_frame, write_frame_with, Egress, Forwarder,
-    Outcome, BUFFER_LEN, HEADROOM,
+    forward_frame, perform, read_frame, write_frame, write_frame_with, write_parts, Egress,
+    Forwarder, Outcome, BUFFER_LEN, HEADROOM,
 };
 use super::udp::{RecvBatch, SendBatch, MAX_BATCH};
 use super::vnet::VnetHdr;
@@ -66,6 +68,8 @@ pub struct Counters {
     pub egress_errors: u64,
     /// Actions with out-of-buffer spans (a datapath bug).
     pub bad_spans: u64,
+    /// Frames from the overlay written to a pod inside a coalesced super-frame.
+    pub coalesced: u64,
 }
 
 /// The handle of a running worker.
@@ -182,6 +186,7 @@ fn run<F: Forwarder>(
     // the core encapsulates are queued and flushed with `sendmmsg` after each ready
     // source (or every `MAX_BATCH` payloads), with UDP GSO where the kernel has it.
     let mut recv = RecvBatch::default();
+    let mut coalescer = Coalescer::default();
     let mut send = underlay
         .as_ref()
         .map_or_else(|| SendBatch::new(false), SendBatch::for_socket);
@@ -236,50 +241,24 @@ fn run<F: Forwarder>(
                             Ok(n) => n,
                             Err(_) => break,
                         };
-                        for d in recv.iter_mut() {
-                            let ingress = Ingress::Underlay {
-                                source: d.from.ip(),
-                                source_port: d.from.port(),
-                            };
+                        for i in 0..n {
                             let mut egress = PortsEgress {
                                 ports: &ports,
                                 underlay: Some(&mut send),
                             };
-                            if d.segment == 0 || d.len <= d.segment {
-                                counters.received += 1;
-                                let span = Span {
-                                    start: HEADROOM,
-                                    len: d.len,
-                                };
-                                tally(
-                                    &mut counters,
-                                    forward_one(&mut fwd, now, ingress, d.buf, span, &mut egress),
-                                );
-                                continue;
-                            }
-                            // A GRO-coalesced read: each datagram is copied behind
-                            // fresh headroom and goes through the core on its own.
-                            let payload = d.buf.get(HEADROOM..HEADROOM + d.len).unwrap_or(&[]);
-                            for seg in payload.chunks(d.segment) {
-                                counters.received += 1;
-                                buf[HEADROOM..HEADROOM + seg.len()].copy_from_slice(seg);
-                                let span = Span {
-                                    start: HEADROOM,
-                                    len: seg.len(),
-                                };
-                                tally(
-                                    &mut counters,
-                                    forward_one(
-                                        &mut fwd,
-                                        now,
-                                        ingress,
-                                        &mut buf,
-                                        span,
-                                        &mut egress,
-                                    ),
-                                );
-                            }
+                            from_underlay(
+                                &mut fwd,
+                                now,
+                                &mut recv,
+                                i,
+                                &mut coalescer,
+                                &mut egress,
+                                &mut counters,
+                            );
                         }
+                        // The receive buffers are reused by the next read.
+                        let mut taps = TapWriter { ports: &ports };
+                        count_written(&mut counters, coalescer.flush(&recv, &mut taps));
                         if n < MAX_BATCH {
                             break;
                         }
@@ -326,6 +305,100 @@ fn run<F: Forwarder>(
             }
         }
     }
+}
+
+/// Runs datagram `i` of the last underlay read through the core. A UDP GRO read
+/// holds several datagrams back to back; each goes through the core on its own, in
+/// place: the core sees a window of the buffer from [`HEADROOM`] bytes before the
+/// datagram to its end (it cannot write past it), and the headroom bytes — the tail
+/// of the previous datagram — are restored after it. Frames delivered to a pod are
+/// handed to the coalescer (TCP segments of one flow become one TAP write); every
+/// other action is performed at once.
+#[allow(clippy::too_many_arguments)]
+fn from_underlay<F: Forwarder>(
+    fwd: &mut F,
+    now: Instant,
+    recv: &mut RecvBatch,
+    i: usize,
+    coalescer: &mut Coalescer,
+    egress: &mut PortsEgress<'_>,
+    counters: &mut Counters,
+) {
+    let Some(d) = recv.datagram(i) else { return };
+    let ingress = Ingress::Underlay {
+        source: d.from.ip(),
+        source_port: d.from.port(),
+    };
+    let segment = match d.segment {
+        0 => d.len,
+        s => s.min(d.len),
+    };
+    let end = HEADROOM + d.len;
+    let mut at = HEADROOM;
+    let mut saved = [0u8; HEADROOM];
+    while at < end && segment > 0 {
+        let len = segment.min(end - at);
+        let base = at - HEADROOM;
+        counters.received += 1;
+        let buf = recv.buf_mut(i);
+        let Some(window) = buf.get_mut(base..at + len) else {
+            counters.bad_spans += 1;
+            return;
+        };
+        saved.copy_from_slice(&window[..HEADROOM]);
+        let frame = Span {
+            start: HEADROOM,
+            len,
+        };
+        let action = fwd.process(now, ingress, window, frame);
+        let delivered = match action {
+            Action::Deliver { port, frame: f }
+                if f.start >= HEADROOM && f.start.saturating_add(f.len) <= HEADROOM + len =>
+            {
+                Some((port, f))
+            }
+            _ => None,
+        };
+        if delivered.is_none() {
+            tally(
+                counters,
+                perform(action, ingress, window, &VnetHdr::NONE, egress),
+            );
+        }
+        window[..HEADROOM].copy_from_slice(&saved);
+        if let Some((port, f)) = delivered {
+            counters.sent += 1;
+            let span = Span {
+                start: base + f.start,
+                len: f.len,
+            };
+            let mut taps = TapWriter {
+                ports: egress.ports,
+            };
+            count_written(counters, coalescer.push(&*recv, i, port, span, &mut taps));
+        }
+        at += len;
+    }
+}
+
+/// Writes coalesced frames to the ports' TAP queues.
+struct TapWriter<'a> {
+    ports: &'a HashMap<PortId, OwnedFd>,
+}
+
+impl PortWriter for TapWriter<'_> {
+    fn write_parts(&mut self, port: PortId, hdr: &VnetHdr, parts: &[IoSlice]) -> io::Result<()> {
+        let q = self.ports.get(&port).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("no port {}", port.0))
+        })?;
+        write_parts(q, hdr, parts)
+    }
+}
+
+/// Counts a coalescer write (its frames were counted as sent when delivered).
+fn count_written(c: &mut Counters, w: Written) {
+    c.egress_errors += w.failed;
+    c.coalesced += w.coalesced;
 }
 
 /// Sends the queued underlay payloads; each datagram that could not be sent counts
