@@ -29,9 +29,12 @@
 //!
 //! **Offloads.** [`Datapath::process_with`] takes a frame's offload state
 //! ([`FrameMeta`]): GSO super-frames of up to 64 KiB and partial checksums pass
-//! between local ports as they are (NAT keeps a partial checksum partial), are
-//! measured against the underlay MTU by their segments, and are handed back to the
-//! shell untouched (`Drop(NeedsSoftwareOffload)`) when routed to the overlay.
+//! between local ports as they are (NAT keeps a partial checksum partial) and are
+//! measured against the underlay MTU by their segments. Routed to the overlay, they
+//! are encapsulated once when the shell cuts encapsulated super-frames into
+//! datagrams itself ([`Datapath::set_overlay_gso`], as the kernel's VXLAN device does
+//! with GSO), and otherwise handed back untouched (`Drop(NeedsSoftwareOffload)`) for
+//! the shell to segment first.
 //!
 //! Connections opened by the node itself (from its gateway or underlay address) are not
 //! subject to NetworkPolicy, as in Calico and Cilium: kubelet probes must always reach
@@ -184,6 +187,7 @@ pub struct Datapath<'a> {
     ip_ident: u16,
     policy_epoch: u32,
     route_epoch: u32,
+    overlay_gso: bool,
 }
 
 impl<'a> Datapath<'a> {
@@ -198,7 +202,25 @@ impl<'a> Datapath<'a> {
             ip_ident: 0,
             policy_epoch: 0,
             route_epoch: 1,
+            overlay_gso: false,
         }
+    }
+
+    /// Declares that the shell segments encapsulated super-frames (off by default).
+    ///
+    /// On, an offloaded frame (GSO or partial checksum) routed to the overlay is
+    /// forwarded like any other — tracked, policed, translated (partial checksums
+    /// stay partial), TTL and MACs rewritten — and encapsulated *once*: the action is
+    /// an [`Action::Encap`] whose UDP payload is one VXLAN header followed by the
+    /// inner super-frame, and whose outer headers describe its first full segment
+    /// (lengths, MTU check) without a UDP checksum. The shell then cuts it as the
+    /// offload it passed in says — every datagram gets the VXLAN header, the inner
+    /// headers with lengths, sequence numbers and checksums completed, and `gso_size`
+    /// payload bytes — which is what the kernel's VXLAN device does with GSO. A
+    /// shell that sends whole outer frames (a raw underlay device without such an
+    /// offload) leaves it off and gets `Drop(NeedsSoftwareOffload)` instead.
+    pub fn set_overlay_gso(&mut self, on: bool) {
+        self.overlay_gso = on;
     }
 
     /// The configuration.
@@ -280,11 +302,14 @@ impl<'a> Datapath<'a> {
     /// then be a GSO super-frame longer than the MTU and carry a partial L4 checksum:
     /// - delivered to a local port, it keeps both (its layout is unchanged, so the
     ///   shell writes it out with the same offload description);
-    /// - routed to the overlay, it comes back as `Drop(NeedsSoftwareOffload)` with
-    ///   nothing changed — neither the buffer nor connection tracking — and the shell
-    ///   segments it or completes its checksum and submits the results with
-    ///   [`FrameMeta::PLAIN`]; unless its segments exceed the underlay MTU, which is
-    ///   answered as for any packet (ICMP fragmentation needed).
+    /// - routed to the overlay with [`Datapath::set_overlay_gso`] on, it is
+    ///   encapsulated once and the shell cuts the result into datagrams;
+    /// - routed to the overlay otherwise, it comes back as `Drop(NeedsSoftwareOffload)`
+    ///   with nothing changed — neither the buffer nor connection tracking — and the
+    ///   shell segments it or completes its checksum and submits the results with
+    ///   [`FrameMeta::PLAIN`];
+    /// - either way, segments that exceed the underlay MTU are answered as for any
+    ///   packet (ICMP fragmentation needed).
     ///
     /// `meta` is ignored for frames from the underlay.
     pub fn process_with(
@@ -683,7 +708,9 @@ impl<'a> Datapath<'a> {
             return false;
         }
         match hop {
-            NextHop::Node(_) => packet.wire_len() <= usize::from(self.config.vxlan.pod_mtu()),
+            NextHop::Node(_) => {
+                !self.overlay_gso && packet.wire_len() <= usize::from(self.config.vxlan.pod_mtu())
+            }
             NextHop::Gateway(_) => self.tables.ports.underlay().is_some(),
             NextHop::Port(_) | NextHop::Host | NextHop::Blackhole => false,
         }
@@ -815,7 +842,9 @@ impl<'a> Datapath<'a> {
             },
             NextHop::Node(node) => {
                 let entropy = self.entropy(packet, &decided.translated);
-                self.encapsulate(node, buf, frame, entropy)
+                // A super-frame is measured by its first full segment.
+                let segment = packet.meta.gso_size.map(|_| packet.ip + packet.wire_len());
+                self.encapsulate(node, buf, frame, entropy, segment)
             }
             NextHop::Gateway(next_hop) => self.route_direct(next_hop, bytes, frame),
             NextHop::Blackhole => Action::Drop(DropReason::Blackhole),
@@ -920,6 +949,7 @@ impl<'a> Datapath<'a> {
         buf: &mut [u8],
         frame: Span,
         entropy: Option<u64>,
+        segment: Option<usize>,
     ) -> Action {
         let Some(vtep) = self.tables.vteps.get(node).copied() else {
             return Action::Drop(DropReason::UnknownNode);
@@ -927,11 +957,28 @@ impl<'a> Datapath<'a> {
         set_macs(&mut buf[frame.range()], vtep.mac, self.config.router_mac);
         self.ip_ident = self.ip_ident.wrapping_add(1);
         let vxlan = &self.config.vxlan;
-        let encapsulated = match entropy {
-            Some(hash) => {
-                vxlan.encapsulate_with_hash(&vtep, buf, frame.start, frame.len, self.ip_ident, hash)
-            }
-            None => vxlan.encapsulate(&vtep, buf, frame.start, frame.len, self.ip_ident),
+        let entropy = match entropy {
+            Some(hash) => hash,
+            None => crate::vxlan::inner_flow_hash(&buf[frame.range()], vxlan.flow_seed),
+        };
+        let encapsulated = match segment {
+            Some(segment) => vxlan.encapsulate_super_frame(
+                &vtep,
+                buf,
+                frame.start,
+                frame.len,
+                segment,
+                self.ip_ident,
+                entropy,
+            ),
+            None => vxlan.encapsulate_with_hash(
+                &vtep,
+                buf,
+                frame.start,
+                frame.len,
+                self.ip_ident,
+                entropy,
+            ),
         };
         match encapsulated {
             Ok(e) => {

@@ -13,7 +13,10 @@
 //! * selector bits 0–2: the ingress — pod A, pod C, host, raw underlay port, the VXLAN
 //!   socket from node 2, the socket from an unknown address, an unknown port, or (7) a
 //!   control-plane step instead of a frame (policy change, conntrack expiry, a route
-//!   or VTEP update, chosen by the first byte);
+//!   or VTEP update, overlay GSO on or off, chosen by the first byte);
+//! * bit 3: the frame is offloaded (`process_with`: a GSO super-frame of segments of
+//!   `step × 8 + 1` bytes — `step` 0 means a partial checksum only — with a partial
+//!   checksum), as a TAP with offloads hands them over;
 //! * bits 4–5: the headroom in front of the frame (64, 0, 20 or 50 bytes);
 //! * bit 7: *template* mode: the bytes are (offset, xor) edits to one of a few valid
 //!   frames chosen by the first byte (TCP, UDP, ICMP echo and errors, ARP, a large
@@ -31,8 +34,8 @@ use core::net::{IpAddr, Ipv4Addr};
 use libfuzzer_sys::fuzz_target;
 use podwire_core::conntrack::{self, Bucket, ConnTrack, Entry};
 use podwire_core::datapath::{
-    Action, Datapath, DatapathConfig, DatapathTables, FlowEvent, Ingress, PortKind, PortTable,
-    Span, HEADROOM,
+    Action, Datapath, DatapathConfig, DatapathTables, FlowEvent, FrameMeta, Ingress, PortKind,
+    PortTable, Span, HEADROOM,
 };
 use podwire_core::ids::{NodeId, PortId};
 use podwire_core::maglev::{self, MaglevScratch};
@@ -424,7 +427,8 @@ fn within(span: Span, buf_len: usize) -> bool {
 }
 
 fn control(dp: &mut Datapath<'_>, op: u8, now: Instant) {
-    match op % 6 {
+    match op % 7 {
+        6 => dp.set_overlay_gso(op & 0x40 != 0),
         0 => isolate_c(dp, true),
         1 => isolate_c(dp, false),
         2 => {
@@ -505,7 +509,15 @@ fn run(data: &[u8], dp: &mut Datapath<'_>) {
             start: headroom,
             len: frame.len(),
         };
-        let action = dp.process(now, ingress, &mut buf, span);
+        let meta = FrameMeta {
+            gso_size: (*step != 0).then(|| u16::from(*step) * 8 + 1),
+            checksum_partial: true,
+        };
+        let action = if selector & 0x08 != 0 {
+            dp.process_with(now, ingress, &mut buf, span, meta)
+        } else {
+            dp.process(now, ingress, &mut buf, span)
+        };
         match action {
             Action::Deliver { frame, .. } | Action::Reply { frame } => {
                 assert!(within(frame, buf.len()), "{action:?} outside {}", buf.len());

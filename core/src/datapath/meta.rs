@@ -14,11 +14,13 @@
 //!   [`ChecksumMode::Partial`](crate::nat::ChecksumMode::Partial)),
 //! - measures a GSO frame against the underlay MTU by its segments (headers +
 //!   `gso_size`), not by its length, and
-//! - never encapsulates an offloaded frame: a VXLAN datagram carries one complete
-//!   wire-sized frame. When an offloaded frame is routed to the overlay the datapath
-//!   returns `Drop(NeedsSoftwareOffload)` *before changing anything* (no connection
-//!   tracking update, no rewrite); the shell then segments it or completes its
-//!   checksum in software and submits the results as plain frames.
+//! - encapsulates an offloaded frame only for a shell that cuts the result into
+//!   datagrams ([`Datapath::set_overlay_gso`](crate::datapath::Datapath::set_overlay_gso)):
+//!   a VXLAN datagram carries one complete wire-sized frame. Otherwise, when an
+//!   offloaded frame is routed to the overlay, the datapath returns
+//!   `Drop(NeedsSoftwareOffload)` *before changing anything* (no connection tracking
+//!   update, no rewrite); the shell then segments it or completes its checksum in
+//!   software and submits the results as plain frames.
 //!
 //! Delivery to a local port keeps the offload: the frame's layout does not change, so
 //! the shell writes it out with the same offload description (the checksum start and

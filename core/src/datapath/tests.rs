@@ -1151,6 +1151,71 @@ fn offloaded_frames_to_the_overlay_come_back_untouched() {
 }
 
 #[test]
+fn with_overlay_gso_a_super_frame_is_encapsulated_once() {
+    let (mut n1, _) = cluster();
+    n1.set_overlay_gso(true);
+    run(
+        &mut n1,
+        Ingress::Port(PORT_A),
+        tcp_from(A_MAC, A, B, 40000, 80, SYN),
+    );
+    let input = offloaded_tcp(A_MAC, A, B, (40000, 80), 20_000);
+    let sent = input.0[input.1.range()].to_vec();
+    let before: u64 = n1
+        .tables()
+        .conntrack
+        .iter()
+        .map(|(_, e)| e.packets(Direction::Original))
+        .sum();
+    let out = run_with(&mut n1, Ingress::Port(PORT_A), input, GSO);
+    let Action::Encap(e) = out.action else {
+        panic!("{:?}", out.action)
+    };
+    // The UDP payload: one VXLAN header, then the whole inner super-frame.
+    let payload = &out.buf[e.udp_payload.range()];
+    assert_eq!(payload.len(), 8 + sent.len());
+    assert_eq!(&payload[..5], &[0x08, 0, 0, 0, 0]);
+    let inner = &payload[8..];
+    assert_eq!(inner[14 + 8], 63, "TTL decremented once");
+    assert_eq!(&inner[..6], &ROUTER2.0, "to the peer's VTEP MAC");
+    // Without NAT the partial checksum field and the payload are as sent.
+    assert_eq!(&inner[34..], &sent[34..]);
+    // The outer headers describe the first datagram: 20 + 8 + 8 + 14 + 40 + 1398.
+    assert_eq!(out.ip().total_len(), 20 + 8 + 8 + 14 + 40 + 1398);
+    let outer_udp = &out.frame()[34..42];
+    assert_eq!(
+        &outer_udp[6..8],
+        &[0, 0],
+        "no UDP checksum on a super-frame"
+    );
+    // Tracked like any packet.
+    let after: u64 = n1
+        .tables()
+        .conntrack
+        .iter()
+        .map(|(_, e)| e.packets(Direction::Original))
+        .sum();
+    assert_eq!(after, before + 1);
+    assert_eq!(n1.drops().get(DropReason::NeedsSoftwareOffload), 0);
+    // Segments that do not fit the overlay are still answered by the MTU check.
+    let big = FrameMeta {
+        gso_size: Some(1411),
+        checksum_partial: true,
+    };
+    let out = run_with(
+        &mut n1,
+        Ingress::Port(PORT_A),
+        offloaded_tcp(A_MAC, A, B, (40000, 80), 20_000),
+        big,
+    );
+    let icmp = Icmpv4Packet::new_checked(out.ip().payload()).unwrap();
+    assert_eq!(
+        (icmp.msg_type(), icmp.msg_code()),
+        (Icmpv4Message::DstUnreachable, 4)
+    );
+}
+
+#[test]
 fn cached_next_hops_follow_route_changes() {
     let (mut n1, _) = cluster();
     let first = run(

@@ -140,6 +140,58 @@ impl VxlanConfig {
         ip_ident: u16,
         entropy: u64,
     ) -> Result<Encapsulated, EncapError> {
+        let checksum = self.udp_checksum;
+        self.encapsulate_as(
+            vtep, buf, headroom, inner_len, inner_len, checksum, ip_ident, entropy,
+        )
+    }
+
+    /// Encapsulates a GSO super-frame once, for a sender that cuts it into datagrams
+    /// afterwards (as the kernel's VXLAN device does with GSO): as
+    /// [`VxlanConfig::encapsulate_with_hash`], except that the outer headers describe
+    /// its first datagram — an inner frame of `segment_len` bytes (inner headers plus
+    /// one segment's payload), which must fit the underlay MTU — and carry no UDP
+    /// checksum, since each datagram's is computed when it is cut. The returned
+    /// outer frame spans the whole super-frame.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encapsulate_super_frame(
+        &self,
+        vtep: &Vtep,
+        buf: &mut [u8],
+        headroom: usize,
+        inner_len: usize,
+        segment_len: usize,
+        ip_ident: u16,
+        entropy: u64,
+    ) -> Result<Encapsulated, EncapError> {
+        let segment_len = segment_len.min(inner_len);
+        self.encapsulate_as(
+            vtep,
+            buf,
+            headroom,
+            inner_len,
+            segment_len,
+            false,
+            ip_ident,
+            entropy,
+        )
+    }
+
+    /// Writes the outer headers in front of the inner frame of `inner_len` bytes,
+    /// with lengths for an inner frame of `wire_len` bytes (the frame itself, or the
+    /// first datagram of a super-frame), and the UDP checksum if `udp_checksum`.
+    #[allow(clippy::too_many_arguments)]
+    fn encapsulate_as(
+        &self,
+        vtep: &Vtep,
+        buf: &mut [u8],
+        headroom: usize,
+        inner_len: usize,
+        wire_len: usize,
+        udp_checksum: bool,
+        ip_ident: u16,
+        entropy: u64,
+    ) -> Result<Encapsulated, EncapError> {
         let end = headroom
             .checked_add(inner_len)
             .filter(|&end| end <= buf.len())
@@ -159,7 +211,7 @@ impl VxlanConfig {
             (IpAddr::V6(_), IpAddr::V6(_)) => return Err(EncapError::OuterIpv6Unsupported),
             _ => return Err(EncapError::AddressFamilyMismatch),
         };
-        let ip_len = IPV4_OVERHEAD - ETHERNET_HEADER_LEN + inner_len;
+        let ip_len = IPV4_OVERHEAD - ETHERNET_HEADER_LEN + wire_len;
         if ip_len > usize::from(self.underlay_mtu) {
             return Err(EncapError::MtuExceeded {
                 outer_len: ip_len,
@@ -217,7 +269,7 @@ impl VxlanConfig {
         ];
         head.copy_from_slice(&header);
 
-        if self.udp_checksum {
+        if udp_checksum {
             let acc = checksum::pseudo_v4(src, dst, 17, udp_len)
                 + checksum::sum(&header[34..])
                 + checksum::sum(inner);

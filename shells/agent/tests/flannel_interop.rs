@@ -11,7 +11,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use common::can_run;
-use common::lab::{disable_tx_checksum, drops, lab, wait_for};
+use common::lab::{disable_tx_checksum, drops, lab, tcp_bulk, wait_for};
 use podwire_agent::dataplane::node::router_mac;
 use podwire_agent::lab::topology::{add_netns, exec, ip};
 use podwire_agent::lab::traffic::{ping, ping_size, tcp_ask, udp_ask, Reporter, REPORT_PORT};
@@ -158,6 +158,19 @@ fn kernel_flannel_node_and_podwire_node_exchange_pod_traffic_both_ways() {
     // Full-size frames both ways (pod MTU 1450 on both sides).
     assert!(ping_size(&pw_pod.netns, k_pod_ip, Some(1422)));
     assert!(ping_size(&k_pod, pw_pod.ip, Some(1422)));
+    // Bulk TCP both ways: podwire's segments of its pod's super-frames pass the
+    // kernel's checks, and the kernel's segments are coalesced for podwire's pod.
+    let n = 4 << 20;
+    assert_eq!(
+        tcp_bulk(&pw_pod.netns, &k_pod, k_pod_ip, n),
+        n,
+        "podwire → kernel"
+    );
+    assert_eq!(
+        tcp_bulk(&k_pod, &pw_pod.netns, pw_pod.ip, n),
+        n,
+        "kernel → podwire"
+    );
     // The kernel's VXLAN device saw it too: it decapsulated our frames.
     let stats = ip(&k, &["-s", "-j", "link", "show", "flannel.1"]).unwrap();
     let j: serde_json::Value = serde_json::from_str(&stats).unwrap();

@@ -7,7 +7,7 @@
 //! split into numeric ranges and names. (2) Pods are grouped into identities by
 //! (namespace, labels, named ports) — everything a policy can observe about a pod
 //! except its address — so 10k pods from a few hundred deployments are a few thousand
-//! identities, and every selector is evaluated once per identity. (3) A [`Plan`] is made
+//! identities, and every selector is evaluated once per identity. (3) A `Plan` is made
 //! in owned memory: one peer set per Kubernetes rule (shared by every endpoint the
 //! policy selects), per identity and direction the union of the rules of every
 //! selecting policy, named ports resolved — for ingress on the local (destination)

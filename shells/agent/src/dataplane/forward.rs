@@ -13,10 +13,11 @@
 //! Offloads: a frame read from a TAP comes with its `virtio_net_hdr` ([`VnetHdr`]).
 //! [`forward_frame`] passes what it says to the core ([`FrameMeta`]); a delivered
 //! frame is written out with the same header, so a 64 KiB TCP super-frame crosses
-//! from one pod to another as one write. When the core hands an offloaded frame back
-//! (`NeedsSoftwareOffload`: it is routed to the overlay), it is segmented or its
-//! checksum completed here ([`super::gso`]) and the results go through the core as
-//! plain frames.
+//! from one pod to another as one write. Routed to the overlay, the agent's core
+//! encapsulates it once (`Datapath::set_overlay_gso`) and [`Egress::to_underlay_offloaded`]
+//! cuts the result into datagrams. A forwarder without that hands the frame back
+//! (`NeedsSoftwareOffload`); it is then segmented or its checksum completed here
+//! ([`super::gso`]) and the results go through the core as plain frames.
 
 use std::io;
 use std::io::IoSlice;
@@ -87,6 +88,25 @@ pub trait Egress {
         source_port: u16,
         payload: &[u8],
     ) -> io::Result<()>;
+    /// Sends a VXLAN payload whose inner frame has the offloads `hdr` describes (the
+    /// core encapsulated a super-frame once: see `Datapath::set_overlay_gso`): a GSO
+    /// frame is cut into one datagram per segment, a partial checksum is completed.
+    /// The default sends only plain payloads.
+    fn to_underlay_offloaded(
+        &mut self,
+        remote: SocketAddr,
+        source_port: u16,
+        hdr: &VnetHdr,
+        payload: &[u8],
+    ) -> io::Result<()> {
+        if hdr.is_offloaded() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this egress cannot segment offloaded frames",
+            ));
+        }
+        self.to_underlay(remote, source_port, payload)
+    }
 }
 
 /// What happened to a frame.
@@ -188,12 +208,18 @@ pub fn perform<E: Egress>(
             Some(b) => egress.to_port(port, b).map(|_| Outcome::Sent(action)),
             None => Ok(Outcome::BadSpan(action)),
         },
-        Action::Encap(e) => match bytes(e.udp_payload) {
-            Some(b) => egress
-                .to_underlay(SocketAddr::new(e.remote, e.remote_port), e.source_port, b)
-                .map(|_| Outcome::Sent(action)),
-            None => Ok(Outcome::BadSpan(action)),
-        },
+        Action::Encap(e) => {
+            let remote = SocketAddr::new(e.remote, e.remote_port);
+            match bytes(e.udp_payload) {
+                Some(b) if hdr.is_offloaded() => egress
+                    .to_underlay_offloaded(remote, e.source_port, hdr, b)
+                    .map(|_| Outcome::Sent(action)),
+                Some(b) => egress
+                    .to_underlay(remote, e.source_port, b)
+                    .map(|_| Outcome::Sent(action)),
+                None => Ok(Outcome::BadSpan(action)),
+            }
+        }
         Action::Reply { frame } => match (bytes(frame), ingress) {
             (None, _) => Ok(Outcome::BadSpan(action)),
             (Some(b), Ingress::Port(p)) => egress.to_port(p, b).map(|_| Outcome::Sent(action)),

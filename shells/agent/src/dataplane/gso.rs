@@ -5,16 +5,22 @@
 //! partial checksums. Between local TAPs that costs nothing — the frame is written to
 //! the destination TAP with the same `virtio_net_hdr` and the receiving kernel takes it
 //! as one GSO packet. The overlay is different: a UDP datagram carries one inner frame
-//! of at most the pod MTU, with a complete checksum. The core therefore refuses to
-//! encapsulate an offloaded frame (`DropReason::NeedsSoftwareOffload`, with nothing
-//! changed) and the shell does here what a NIC without offloads would make the kernel
-//! do: [`complete_checksum`] sums the L4 part in place, and [`segment`] copies each
-//! segment (headers + `gso_size` payload bytes) into a scratch buffer with headroom,
-//! fixing the IPv4 total length, identification (incremented per segment, as Linux
-//! does) and header checksum, the TCP sequence number and flags (FIN and PSH only on
-//! the last segment, CWR only on the first) or the UDP length, and computing the L4
-//! checksum from scratch. Each result is then an ordinary frame that goes through the
-//! datapath again. Only IPv4 is handled: the core forwards nothing else.
+//! of at most the pod MTU, with a complete checksum, so the shell does here what the
+//! kernel does for a device without offloads. [`complete_checksum`] sums the L4 part
+//! in place; [`segment_into`] writes each segment (headers + `gso_size` payload bytes)
+//! where a [`SegmentSink`] says, fixing the IPv4 total length, identification
+//! (incremented per segment, as Linux does) and header checksum, the TCP sequence
+//! number and flags (FIN and PSH only on the last segment, CWR only on the first) or
+//! the UDP length, and computing the L4 checksum from scratch.
+//!
+//! Two callers. The agent's core encapsulates a super-frame once
+//! (`Datapath::set_overlay_gso`) and the underlay send batch cuts it with a sink that
+//! writes each segment behind the VXLAN header straight into the batch
+//! (`udp::SendBatch::push_segments`) — one pass over the payload. A forwarder without
+//! that hands offloaded frames back (`NeedsSoftwareOffload`, nothing changed), and
+//! [`segment`] writes each segment into a scratch buffer with headroom, to go through
+//! the datapath again as an ordinary frame. Only IPv4 is handled: the core forwards
+//! nothing else.
 
 use podwire_core::checksum;
 use podwire_core::datapath::Span;
@@ -36,7 +42,7 @@ pub enum SoftError {
     Malformed,
     /// A GSO type or protocol this module does not segment (IPv6, UFO).
     Unsupported,
-    /// A segment does not fit in the scratch buffer.
+    /// A segment does not fit where it is to be written.
     TooLarge,
 }
 
@@ -84,6 +90,37 @@ fn pseudo_v4(ip: &[u8], protocol: u8, l4_len: u16) -> u16 {
     checksum::add(s, l4_len)
 }
 
+/// Where [`segment_into`] writes segments.
+pub trait SegmentSink {
+    /// Room for the next segment of exactly `len` bytes; `None` if there is none.
+    fn next(&mut self, len: usize) -> Option<&mut [u8]>;
+    /// The segment written into the last room is complete.
+    fn done(&mut self);
+}
+
+/// A sink that writes each segment to a scratch buffer at [`HEADROOM`] and hands it
+/// to a function with its span (overwritten by the next).
+struct Scratch<'a, F: FnMut(&mut [u8], Span)> {
+    buf: &'a mut [u8],
+    len: usize,
+    emit: F,
+}
+
+impl<F: FnMut(&mut [u8], Span)> SegmentSink for Scratch<'_, F> {
+    fn next(&mut self, len: usize) -> Option<&mut [u8]> {
+        self.len = len;
+        self.buf.get_mut(HEADROOM..HEADROOM + len)
+    }
+
+    fn done(&mut self) {
+        let span = Span {
+            start: HEADROOM,
+            len: self.len,
+        };
+        (self.emit)(self.buf, span);
+    }
+}
+
 /// Cuts the GSO super-frame `frame` (TCPv4 or UDPv4 L4 segmentation, per `hdr`) into
 /// segments of at most `hdr.gso_size` payload bytes, with complete checksums. Each
 /// segment is written to `scratch` at [`HEADROOM`] and handed to `emit` with its span
@@ -92,7 +129,24 @@ pub fn segment(
     frame: &[u8],
     hdr: &VnetHdr,
     scratch: &mut [u8],
-    mut emit: impl FnMut(&mut [u8], Span),
+    emit: impl FnMut(&mut [u8], Span),
+) -> Result<usize, SoftError> {
+    let mut sink = Scratch {
+        buf: scratch,
+        len: 0,
+        emit,
+    };
+    segment_into(frame, hdr, &mut sink)
+}
+
+/// [`segment`] into any [`SegmentSink`]: each segment (headers + at most
+/// `hdr.gso_size` payload bytes) is written into the room the sink gives and then
+/// announced with [`SegmentSink::done`]. Everything about the frame is checked before
+/// the first segment is written; [`SoftError::TooLarge`] when the sink has no room.
+pub fn segment_into<S: SegmentSink>(
+    frame: &[u8],
+    hdr: &VnetHdr,
+    sink: &mut S,
 ) -> Result<usize, SoftError> {
     let end = ipv4_end(frame).ok_or(SoftError::Unsupported)?;
     let ip_at = ETHERNET_HEADER_LEN;
@@ -124,15 +178,12 @@ pub fn segment(
     if payload.is_empty() {
         return Err(SoftError::Malformed);
     }
-    if HEADROOM + headers + mss.min(payload.len()) > scratch.len() {
-        return Err(SoftError::TooLarge);
-    }
     let ident = be16(frame, ip_at + 4);
     let seq = u32::from_be_bytes([frame[l4 + 4], frame[l4 + 5], frame[l4 + 6], frame[l4 + 7]]);
     let count = payload.len().div_ceil(mss);
     for (i, chunk) in payload.chunks(mss).enumerate() {
         let len = headers + chunk.len();
-        let seg = &mut scratch[HEADROOM..HEADROOM + len];
+        let seg = sink.next(len).ok_or(SoftError::TooLarge)?;
         seg[..headers].copy_from_slice(&frame[..headers]);
         seg[headers..].copy_from_slice(chunk);
         // IPv4: total length, identification, header checksum.
@@ -164,13 +215,7 @@ pub fn segment(
             };
             put16(seg, l4 + 6, c);
         }
-        emit(
-            scratch,
-            Span {
-                start: HEADROOM,
-                len,
-            },
-        );
+        sink.done();
     }
     Ok(count)
 }

@@ -210,6 +210,10 @@ pub fn build(setup: &NodeSetup, sizes: Sizes) -> Result<Datapath<'static>, Strin
         policy,
     };
     let mut dp = Datapath::new(config, tables);
+    // The worker's egress cuts encapsulated super-frames into datagrams itself
+    // (`udp::SendBatch::push_segments`), so a pod's 64 KiB TCP segment goes through
+    // the core once. `PODWIRE_OVERLAY_GSO=0` segments before the core instead.
+    dp.set_overlay_gso(!std::env::var("PODWIRE_OVERLAY_GSO").is_ok_and(|v| v == "0"));
     dp.ports_mut()
         .set(
             super::ports::HOST_PORT,

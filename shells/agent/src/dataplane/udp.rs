@@ -4,11 +4,13 @@
 //! Design note: cross-node throughput was bound by one syscall per VXLAN datagram.
 //! [`RecvBatch`] reads up to [`MAX_BATCH`] datagrams per call, each into its own
 //! buffer with [`HEADROOM`] free in front, so each still goes through the core on
-//! its own, unchanged. [`SendBatch`] is an [`Egress`]-side queue: the encapsulated
+//! its own, unchanged. [`SendBatch`] is an [`Egress`](super::forward::Egress)-side queue: the encapsulated
 //! payloads of one wakeup are copied back to back into one arena and flushed with one
-//! `sendmmsg`. Runs of payloads to the same VTEP that have the same size (only the
-//! last may be shorter) — the segments of one software-segmented TCP super-frame are
-//! the natural case — are already contiguous in the arena, so they go out as one
+//! `sendmmsg`. A super-frame the core encapsulated once is cut straight into the
+//! arena ([`SendBatch::push_segments`]: VXLAN header + inner segment per datagram).
+//! Runs of payloads to the same VTEP that have the same size (only the last may be
+//! shorter) — the segments of one TCP super-frame are the natural case — are
+//! contiguous in the arena, so they go out as one
 //! message with a `UDP_SEGMENT` control message and the kernel cuts them into
 //! datagrams (one trip down the stack for up to 64 segments). UDP GSO refuses sockets
 //! with `SO_NO_CHECK`, so single datagrams keep the zero outer checksum of RFC 7348
@@ -21,8 +23,9 @@
 //! On receive, [`prepare`] turns on UDP GRO: a peer's GSO packet crosses the underlay
 //! as one skb and is read as one coalesced datagram (with its segment size in a
 //! `UDP_GRO` control message) instead of being cut into tens of datagrams that
-//! overflow the socket buffer; the worker splits it at the segment size and each
-//! datagram goes through the core on its own. `PODWIRE_UDP_GRO=0` turns it off.
+//! overflow the socket buffer; the worker runs each datagram of it through the core
+//! on its own, in place, and coalesces what is delivered to a pod again
+//! ([`super::coalesce`]). `PODWIRE_UDP_GRO=0` turns it off.
 //!
 //! The `unsafe` here is the two syscalls and their C structures: every pointer handed
 //! to the kernel points into a buffer owned by the batch and alive for the call, with
@@ -35,6 +38,8 @@ use std::os::fd::AsRawFd;
 
 use super::coalesce::Slots;
 use super::forward::{BUFFER_LEN, HEADROOM};
+use super::gso::{self, SegmentSink, SoftError};
+use super::vnet::VnetHdr;
 
 /// Datagrams read, or messages sent, per syscall.
 pub const MAX_BATCH: usize = 64;
@@ -338,6 +343,8 @@ pub struct Flushed {
 /// [`MAX_BATCH`] messages.
 pub struct SendBatch {
     arena: Vec<u8>,
+    /// Bytes of `arena` holding queued payloads (the rest is reusable room).
+    used: usize,
     queued: Vec<Queued>,
     gso: bool,
     /// The socket had `SO_NO_CHECK` (zero outer checksums) when the batch was made.
@@ -362,11 +369,36 @@ fn get_int(socket: &UdpSocket, level: libc::c_int, name: libc::c_int) -> Option<
     (r == 0).then_some(value)
 }
 
+/// Bytes of a VXLAN header, in front of each datagram's inner frame.
+pub const VXLAN_HEADER_LEN: usize = 8;
+
+/// Writes segments as datagrams into a batch: the VXLAN header, then the segment.
+struct Datagrams<'a> {
+    batch: &'a mut SendBatch,
+    to: SocketAddr,
+    vxlan: &'a [u8],
+    len: usize,
+}
+
+impl SegmentSink for Datagrams<'_> {
+    fn next(&mut self, len: usize) -> Option<&mut [u8]> {
+        self.len = VXLAN_HEADER_LEN + len;
+        let room = self.batch.reserve(self.len);
+        room[..VXLAN_HEADER_LEN].copy_from_slice(self.vxlan);
+        Some(&mut room[VXLAN_HEADER_LEN..])
+    }
+
+    fn done(&mut self) {
+        self.batch.commit(self.to, self.len);
+    }
+}
+
 impl SendBatch {
     /// An empty batch; `gso`: group equal-size runs to one VTEP into GSO messages.
     pub fn new(gso: bool) -> SendBatch {
         SendBatch {
             arena: Vec::with_capacity(MAX_BATCH * 2048),
+            used: 0,
             queued: Vec::with_capacity(MAX_BATCH),
             gso,
             zero_checksum: false,
@@ -392,13 +424,55 @@ impl SendBatch {
 
     /// Queues a copy of `payload` for `to`.
     pub fn push(&mut self, to: SocketAddr, payload: &[u8]) {
-        let start = self.arena.len();
-        self.arena.extend_from_slice(payload);
+        self.reserve(payload.len()).copy_from_slice(payload);
+        self.commit(to, payload.len());
+    }
+
+    /// Room for the next payload of `len` bytes, right after the queued ones (its
+    /// old contents are unspecified); nothing is queued until [`SendBatch::commit`].
+    pub fn reserve(&mut self, len: usize) -> &mut [u8] {
+        let end = self.used + len;
+        if self.arena.len() < end {
+            self.arena.resize(end, 0);
+        }
+        &mut self.arena[self.used..end]
+    }
+
+    /// Queues for `to` the first `len` bytes of the room last reserved.
+    pub fn commit(&mut self, to: SocketAddr, len: usize) {
+        let len = len.min(self.arena.len() - self.used);
         self.queued.push(Queued {
             to,
-            start,
-            len: payload.len(),
+            start: self.used,
+            len,
         });
+        self.used += len;
+    }
+
+    /// Queues the VXLAN payload `payload` — a VXLAN header and an inner GSO
+    /// super-frame, as the core encapsulates one with overlay GSO — cut into one
+    /// datagram per segment as `hdr` says ([`gso::segment_into`]): each is the VXLAN
+    /// header and a complete inner segment, written straight into the arena, so the
+    /// run leaves as one UDP GSO message. Returns the number of datagrams.
+    pub fn push_segments(
+        &mut self,
+        to: SocketAddr,
+        payload: &[u8],
+        hdr: &VnetHdr,
+    ) -> Result<usize, SoftError> {
+        let (Some(vxlan), Some(frame)) = (
+            payload.get(..VXLAN_HEADER_LEN),
+            payload.get(VXLAN_HEADER_LEN..),
+        ) else {
+            return Err(SoftError::Malformed);
+        };
+        let mut sink = Datagrams {
+            batch: self,
+            to,
+            vxlan,
+            len: 0,
+        };
+        gso::segment_into(frame, hdr, &mut sink)
     }
 
     /// Payloads queued.
@@ -497,7 +571,7 @@ impl SendBatch {
             }
             break;
         }
-        self.arena.clear();
+        self.used = 0;
         self.queued.clear();
         done
     }
@@ -723,6 +797,42 @@ mod tests {
         s.push(to, &[2u8; 10]);
         assert_eq!(s.flush(&tx).sent, 1);
         assert_eq!(get_int(&tx, libc::SOL_SOCKET, libc::SO_NO_CHECK), Some(1));
+    }
+
+    #[test]
+    fn an_encapsulated_super_frame_is_queued_as_one_gso_run_of_datagrams() {
+        use crate::dataplane::gso::tests::{l4_verifies, partial_tcp};
+        let a = addr("10.0.0.2:8472");
+        let data: Vec<u8> = (0..3500u32).map(|i| (i % 251) as u8).collect();
+        let (frame, hdr) = partial_tcp(&data, 0x18);
+        let vxlan = [0x08, 0, 0, 0, 0, 0, 1, 0];
+        let mut payload = vxlan.to_vec();
+        payload.extend_from_slice(&frame);
+        let mut s = SendBatch::new(true);
+        s.push(a, &[9; 30]); // something queued before keeps its place
+        assert_eq!(s.push_segments(a, &payload, &hdr), Ok(4));
+        assert_eq!(s.len(), 5);
+        let mut joined = Vec::new();
+        for q in &s.queued[1..] {
+            let d = &s.arena[q.start..q.start + q.len];
+            assert_eq!(&d[..8], &vxlan);
+            assert!(l4_verifies(&d[8..]), "inner TCP checksum complete");
+            joined.extend_from_slice(&d[8 + 54..]);
+        }
+        assert_eq!(joined, data);
+        let mut m = Vec::new();
+        s.messages(0, &mut m);
+        assert_eq!(m.iter().map(|m| m.count).collect::<Vec<_>>(), vec![1, 4]);
+        // Malformed: refused, nothing queued.
+        assert_eq!(
+            s.push_segments(a, &payload[..8 + 20], &hdr),
+            Err(SoftError::Unsupported)
+        );
+        assert_eq!(
+            s.push_segments(a, &payload[..5], &hdr),
+            Err(SoftError::Malformed)
+        );
+        assert_eq!(s.len(), 5);
     }
 
     #[test]

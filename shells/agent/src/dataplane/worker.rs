@@ -1,6 +1,7 @@
 //! A dataplane worker: one OS thread that owns a [`Forwarder`] (the core datapath)
 //! and a set of TAP queues and the underlay socket, and moves every frame through
-//! [`forward_one`].
+//! [`forward_frame`] (frames from the underlay through the core one by one, delivered
+//! TCP segments coalesced).
 //!
 //! Design note: the datapath is single-owner, allocation-free state, so it lives on
 //! its worker thread and is never locked. Everything that changes it — a port added
@@ -34,7 +35,8 @@ use super::forward::{
     forward_frame, perform, read_frame, write_frame, write_frame_with, write_parts, Egress,
     Forwarder, Outcome, BUFFER_LEN, HEADROOM,
 };
-use super::udp::{RecvBatch, SendBatch, MAX_BATCH};
+use super::gso::{self, SoftError};
+use super::udp::{RecvBatch, SendBatch, MAX_BATCH, VXLAN_HEADER_LEN};
 use super::vnet::VnetHdr;
 
 /// Frames read from one queue per turn.
@@ -134,6 +136,35 @@ impl Egress for PortsEgress<'_> {
             .as_deref_mut()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no underlay socket"))?;
         s.push(remote, payload);
+        Ok(())
+    }
+
+    fn to_underlay_offloaded(
+        &mut self,
+        remote: SocketAddr,
+        _source_port: u16,
+        hdr: &VnetHdr,
+        payload: &[u8],
+    ) -> io::Result<()> {
+        let s = self
+            .underlay
+            .as_deref_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no underlay socket"))?;
+        let invalid = |e: SoftError| io::Error::new(io::ErrorKind::InvalidData, format!("{e:?}"));
+        if hdr.is_gso() {
+            return s
+                .push_segments(remote, payload, hdr)
+                .map(|_| ())
+                .map_err(invalid);
+        }
+        // A partial checksum only: complete it in the queued copy.
+        let room = s.reserve(payload.len());
+        room.copy_from_slice(payload);
+        match room.get_mut(VXLAN_HEADER_LEN..) {
+            Some(inner) => gso::complete_checksum(inner, hdr).map_err(invalid)?,
+            None => return Err(invalid(SoftError::Malformed)),
+        }
+        s.commit(remote, payload.len());
         Ok(())
     }
 }
@@ -310,8 +341,8 @@ fn run<F: Forwarder>(
 /// Runs datagram `i` of the last underlay read through the core. A UDP GRO read
 /// holds several datagrams back to back; each goes through the core on its own, in
 /// place: the core sees a window of the buffer from [`HEADROOM`] bytes before the
-/// datagram to its end (it cannot write past it), and the headroom bytes — the tail
-/// of the previous datagram — are restored after it. Frames delivered to a pod are
+/// datagram to its end (it cannot write into the next one), and the headroom bytes —
+/// the tail of the previous datagram — are restored after it. Frames delivered to a pod are
 /// handed to the coalescer (TCP segments of one flow become one TAP write); every
 /// other action is performed at once.
 #[allow(clippy::too_many_arguments)]
@@ -341,7 +372,10 @@ fn from_underlay<F: Forwarder>(
         let base = at - HEADROOM;
         counters.received += 1;
         let buf = recv.buf_mut(i);
-        let Some(window) = buf.get_mut(base..at + len) else {
+        // The last datagram may use the buffer's slack (a reply can be longer than
+        // what it answers); the others must not reach into the next.
+        let window_end = if at + len == end { buf.len() } else { at + len };
+        let Some(window) = buf.get_mut(base..window_end) else {
             counters.bad_spans += 1;
             return;
         };

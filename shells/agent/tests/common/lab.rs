@@ -138,3 +138,69 @@ pub fn disable_tx_checksum(netns: &str, ifname: &str) {
     })
     .unwrap();
 }
+
+/// The byte at offset `i` of a bulk transfer: position-dependent, so a lost,
+/// duplicated, reordered or corrupted byte shows.
+fn pattern(i: usize) -> u8 {
+    (i ^ (i >> 8) ^ (i >> 16)).wrapping_mul(31) as u8
+}
+
+/// Sends `len` pattern bytes over TCP from netns `from` to a sink in netns `to` at
+/// `to_ip`; returns how many bytes arrived in order and intact (the sink stops
+/// counting at the first wrong byte).
+pub fn tcp_bulk(from: &str, to: &str, to_ip: std::net::Ipv4Addr, len: usize) -> usize {
+    use std::io::{Read, Write};
+    use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+    use std::time::Duration;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let to = to.to_string();
+    let sink = std::thread::spawn(move || {
+        podwire_agent::lab::topology::in_netns(&to, move || {
+            let l = TcpListener::bind("0.0.0.0:7780").unwrap();
+            tx.send(()).unwrap();
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut buf = vec![0u8; 65536];
+            let mut intact = 0;
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break intact,
+                    Ok(n) => {
+                        for b in &buf[..n] {
+                            if *b != pattern(intact) {
+                                return intact;
+                            }
+                            intact += 1;
+                        }
+                    }
+                }
+            }
+        })
+        .unwrap()
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    podwire_agent::lab::topology::in_netns(from, move || {
+        let mut s = TcpStream::connect_timeout(
+            &SocketAddr::new(IpAddr::V4(to_ip), 7780),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        let data: Vec<u8> = (0..len).map(pattern).collect();
+        for chunk in data.chunks(256 << 10) {
+            if s.write_all(chunk).is_err() {
+                break;
+            }
+        }
+    })
+    .unwrap();
+    sink.join().unwrap()
+}
+
+/// Packets received by `ifname` in `netns` so far.
+pub fn rx_packets(netns: &str, ifname: &str) -> u64 {
+    let out =
+        podwire_agent::lab::topology::ip(netns, &["-s", "-j", "link", "show", ifname]).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    j[0]["stats64"]["rx"]["packets"].as_u64().unwrap()
+}
