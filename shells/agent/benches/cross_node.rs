@@ -8,7 +8,11 @@
 //!   TCP_NODELAY) between the same pods; mean round trip of one run, median of
 //!   `RR_RUNS` runs.
 //!
-//! podwire: two `podwire agent` nodes built by the lab builder (pods via podwire-cni).
+//! podwire: two `podwire agent` nodes built by the lab builder (pods via podwire-cni),
+//! with default settings for the headline figures; then, for information, the
+//! agents are restarted with `--busy-poll-us` [`BUSY_POLL_US`] and the round trip
+//! (and one throughput run) measured again (`*_busy_poll` fields: busy polling trades
+//! a spinning core while traffic flows for the wake-ups it saves).
 //! Kernel: two namespaces on the same bridge wired as flannel's vxlan backend does
 //! (cni0 bridge + veth pods, `flannel.1` VNI 1 port 8472 nolearning, FDB, neighbour and
 //! onlink route per peer). Run as root: `cargo bench -p podwire-agent --bench
@@ -32,6 +36,8 @@ const IPERF_SECONDS: u32 = 10;
 const IPERF_RUNS: usize = 3;
 const RR_RUNS: usize = 5;
 const RR_TIME: Duration = Duration::from_secs(2);
+/// The busy-poll window of the informational second podwire measurement.
+const BUSY_POLL_US: u64 = 200;
 
 fn median(v: &mut [f64]) -> Option<f64> {
     if v.is_empty() {
@@ -298,6 +304,29 @@ fn main() {
         "{}",
         json!({"case": "tcp_rr_us", "seconds_per_run": RR_TIME.as_secs(), "podwire_runs": pw_rr, "flannel_runs": kf_rr, "podwire_median": pw_r, "flannel_median": kf_r})
     );
+    // The same podwire nodes with busy polling, for information.
+    lab.spec.busy_poll_us = BUSY_POLL_US;
+    for node in ["node1", "node2"] {
+        lab.kill_agent(node).unwrap();
+        lab.start_agent(node).unwrap();
+        lab.wait_agent(node).unwrap();
+    }
+    assert!(
+        reach(&pa.netns, pb.ip),
+        "podwire pods cannot reach each other after the restart"
+    );
+    let mut bp_rr = Vec::new();
+    for _ in 0..RR_RUNS {
+        if let Some(r) = tcp_rr(&pb.netns, &pa.netns, pb.ip) {
+            bp_rr.push(r);
+        }
+    }
+    let bp_g = iperf(&pb.netns, &pa.netns, pb.ip);
+    let bp_r = median(&mut bp_rr.clone());
+    println!(
+        "{}",
+        json!({"case": "busy_poll", "busy_poll_us": BUSY_POLL_US, "podwire_rtt_runs": bp_rr, "podwire_rtt_median": bp_r, "podwire_gbps": bp_g})
+    );
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
@@ -312,6 +341,10 @@ fn main() {
             "podwire_rtt_us": pw_r,
             "flannel_rtt_us": kf_r,
             "rtt_ratio": ratio(pw_r, kf_r),
+            "busy_poll_us": BUSY_POLL_US,
+            "podwire_gbps_busy_poll": bp_g,
+            "podwire_rtt_us_busy_poll": bp_r,
+            "rtt_ratio_busy_poll": ratio(bp_r, kf_r),
         })
     );
 }

@@ -51,7 +51,7 @@ fn a_worker_moves_frames_between_tap_ports() {
         sh(&["ip", "-n", name, "link", "set", "eth0", "up"]);
         taps.push(tap);
     }
-    let w = worker::spawn(Hub, None).unwrap();
+    let w = worker::spawn(Hub, None, std::time::Duration::ZERO).unwrap();
     for (i, tap) in taps.iter_mut().enumerate() {
         let q = tap.take_queues().pop().unwrap();
         w.send(Command::AddPort(PortId(i as u16 + 1), q)).unwrap();

@@ -60,6 +60,8 @@ pub struct AgentConfig {
     pub vni: Vni,
     /// Connection-tracking entries.
     pub conntrack_entries: usize,
+    /// How long the dataplane busy-polls after traffic before sleeping (zero: never).
+    pub busy_poll: Duration,
 }
 
 /// A fingerprint of the manifests: file names and contents.
@@ -141,6 +143,7 @@ fn start_dataplane<N: Netlink>(
         host_mac: mac_for(pods.gateway()),
         vxlan_port: config.vxlan_port,
         vni: config.vni,
+        busy_poll: config.busy_poll,
     };
     let sizes = Sizes {
         conntrack: config.conntrack_entries.max(1024),

@@ -22,8 +22,11 @@ pub struct UpArgs {
     /// Pods per node.
     #[arg(long)]
     pub pods_per_node: Option<usize>,
-    /// A lab spec (YAML: nodes, podsPerNode, underlayMtu, underlayCidr, clusterCidr);
-    /// --nodes and --pods-per-node override it.
+    /// The agents busy-poll this many microseconds after traffic (0: off).
+    #[arg(long)]
+    pub busy_poll_us: Option<u64>,
+    /// A lab spec (YAML: nodes, podsPerNode, underlayMtu, underlayCidr, clusterCidr,
+    /// busyPollUs); the options above override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -42,6 +45,9 @@ impl UpArgs {
         }
         if let Some(k) = self.pods_per_node {
             s.pods_per_node = k;
+        }
+        if let Some(b) = self.busy_poll_us {
+            s.busy_poll_us = b;
         }
         Ok(s)
     }

@@ -94,6 +94,11 @@ pub struct AgentArgs {
     /// Connection-tracking entries.
     #[arg(long, default_value_t = 65536)]
     pub conntrack_entries: usize,
+    /// Busy-poll the dataplane for this many microseconds after traffic before
+    /// sleeping (0: off). Cuts cross-node latency by the thread wake-ups it saves, at
+    /// the cost of a spinning core while traffic keeps coming within the window.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub busy_poll_us: u64,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -207,6 +212,7 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         vxlan_port: a.vxlan_port,
         vni: Vni::new(a.vxlan_vni).unwrap_or(Vni::DEFAULT),
         conntrack_entries: a.conntrack_entries,
+        busy_poll: Duration::from_micros(a.busy_poll_us),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

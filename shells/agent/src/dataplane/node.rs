@@ -89,6 +89,8 @@ pub struct NodeSetup {
     pub vxlan_port: u16,
     /// The VXLAN network identifier (1, as flannel, by default).
     pub vni: Vni,
+    /// How long the worker busy-polls after traffic before sleeping (zero: never).
+    pub busy_poll: std::time::Duration,
 }
 
 /// A remote node as the datapath sees it.
@@ -307,7 +309,7 @@ impl Dataplane {
         dp.events().connect(producer);
         let flows = FlowLog::default();
         flows.spawn_drain(consumer).map_err(|e| e.to_string())?;
-        let worker = worker::spawn(dp, underlay).map_err(|e| e.to_string())?;
+        let worker = worker::spawn(dp, underlay, setup.busy_poll).map_err(|e| e.to_string())?;
         worker
             .send(Command::AddPort(super::ports::HOST_PORT, host_queue))
             .map_err(|e| e.to_string())?;
@@ -515,6 +517,7 @@ mod tests {
             host_mac: [0x0a, 0x58, 10, 244, 1, 1],
             vxlan_port: 4789,
             vni: Vni::new(42).unwrap(),
+            busy_poll: std::time::Duration::ZERO,
         };
         let dp = build(&setup, Sizes::default()).unwrap();
         assert_eq!(dp.config().vxlan.dst_port, 4789);

@@ -170,10 +170,12 @@ impl Egress for PortsEgress<'_> {
 }
 
 /// Starts a worker thread around `forwarder`, with an optional underlay UDP socket
-/// (bound to the node IP and the VXLAN port).
+/// (bound to the node IP and the VXLAN port). After traffic the worker keeps polling
+/// its queues without sleeping for `busy_poll` (zero: it sleeps at once).
 pub fn spawn<F: Forwarder + Send + 'static>(
     forwarder: F,
     underlay: Option<UdpSocket>,
+    busy_poll: std::time::Duration,
 ) -> io::Result<WorkerHandle<F>> {
     let (tx, rx) = mpsc::channel();
     let wake = std::sync::Arc::new(
@@ -187,7 +189,7 @@ pub fn spawn<F: Forwarder + Send + 'static>(
     }
     let thread = std::thread::Builder::new()
         .name("podwire-dataplane".into())
-        .spawn(move || run(forwarder, underlay, rx, &wake2))?;
+        .spawn(move || run(forwarder, underlay, busy_poll, rx, &wake2))?;
     Ok(WorkerHandle {
         tx,
         wake,
@@ -198,6 +200,7 @@ pub fn spawn<F: Forwarder + Send + 'static>(
 fn run<F: Forwarder>(
     mut fwd: F,
     underlay: Option<UdpSocket>,
+    busy_poll: std::time::Duration,
     rx: mpsc::Receiver<Command<F>>,
     wake: &EventFd,
 ) -> io::Result<(F, Counters)> {
@@ -226,12 +229,26 @@ fn run<F: Forwarder>(
     let mut events = vec![EpollEvent::empty(); 64];
     let start = std::time::Instant::now();
     let mut last_tick = start;
+    // Busy polling: a sleeping worker is woken by the kernel (an inter-processor
+    // interrupt, and on a VM an exit to the hypervisor) for every packet that finds
+    // it asleep; polling for a while after traffic saves that on a request/response
+    // path, and costs the core it spins on.
+    let mut last_busy = std::time::Instant::now();
     loop {
-        let n = match epoll.wait(&mut events, EpollTimeout::from(1000u16)) {
+        let polling = !busy_poll.is_zero() && last_busy.elapsed() < busy_poll;
+        let timeout = if polling { 0u16 } else { 1000u16 };
+        let n = match epoll.wait(&mut events, EpollTimeout::from(timeout)) {
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
         };
+        if n == 0 && polling {
+            std::hint::spin_loop();
+            continue;
+        }
+        if n > 0 {
+            last_busy = std::time::Instant::now();
+        }
         let now = Instant::from_micros(start.elapsed().as_micros() as i64);
         if last_tick.elapsed() >= std::time::Duration::from_secs(1) {
             last_tick = std::time::Instant::now();

@@ -56,6 +56,8 @@ pub struct LabSpec {
     pub underlay_cidr: String,
     /// The cluster CIDR (a /16): node `i` gets the `/24` number `i`.
     pub cluster_cidr: String,
+    /// The agents' `--busy-poll-us` (0: off).
+    pub busy_poll_us: u64,
 }
 
 impl Default for LabSpec {
@@ -66,6 +68,7 @@ impl Default for LabSpec {
             underlay_mtu: 1500,
             underlay_cidr: "172.30.0.0/24".into(),
             cluster_cidr: "10.244.0.0/16".into(),
+            busy_poll_us: 0,
         }
     }
 }
@@ -478,6 +481,7 @@ impl Lab {
             .arg("--socket")
             .arg(self.socket(node))
             .args(["--reload-interval-ms", "100"])
+            .args(["--busy-poll-us", &self.spec.busy_poll_us.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
