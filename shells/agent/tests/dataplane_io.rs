@@ -35,6 +35,15 @@ impl Forwarder for Hub {
 
 #[test]
 fn a_worker_moves_frames_between_tap_ports() {
+    moves_frames(std::time::Duration::ZERO);
+}
+
+#[test]
+fn a_busy_polling_worker_moves_frames_and_commands_too() {
+    moves_frames(std::time::Duration::from_millis(5));
+}
+
+fn moves_frames(busy_poll: std::time::Duration) {
     if !can_run() {
         return;
     }
@@ -51,7 +60,7 @@ fn a_worker_moves_frames_between_tap_ports() {
         sh(&["ip", "-n", name, "link", "set", "eth0", "up"]);
         taps.push(tap);
     }
-    let w = worker::spawn(Hub, None, std::time::Duration::ZERO).unwrap();
+    let w = worker::spawn(Hub, None, busy_poll).unwrap();
     for (i, tap) in taps.iter_mut().enumerate() {
         let q = tap.take_queues().pop().unwrap();
         w.send(Command::AddPort(PortId(i as u16 + 1), q)).unwrap();
