@@ -1083,6 +1083,26 @@ fn nat_keeps_partial_checksums_partial() {
     assert_tcp(&out, (SERVICE_IP, 80), (A, 40000));
 }
 
+/// A super-frame from A to B whose segments (40 bytes of headers + gso_size 1411)
+/// exceed the overlay MTU is answered with ICMP fragmentation needed.
+fn assert_oversized_segments_get_fragmentation_needed(n1: &mut Datapath<'static>) {
+    let big = FrameMeta {
+        gso_size: Some(1411),
+        checksum_partial: true,
+    };
+    let out = run_with(
+        n1,
+        Ingress::Port(PORT_A),
+        offloaded_tcp(A_MAC, A, B, (40000, 80), 20_000),
+        big,
+    );
+    let icmp = Icmpv4Packet::new_checked(out.ip().payload()).unwrap();
+    assert_eq!(
+        (icmp.msg_type(), icmp.msg_code()),
+        (Icmpv4Message::DstUnreachable, 4)
+    );
+}
+
 #[test]
 fn offloaded_frames_to_the_overlay_come_back_untouched() {
     let (mut n1, _) = cluster();
@@ -1122,21 +1142,7 @@ fn offloaded_frames_to_the_overlay_come_back_untouched() {
     assert!(matches!(out.action, Action::Encap(_)));
     // Segments larger than the overlay allows are answered by the MTU check, which
     // measures a segment (40 bytes of headers + gso_size), not the super-frame.
-    let big = FrameMeta {
-        gso_size: Some(1411),
-        checksum_partial: true,
-    };
-    let out = run_with(
-        &mut n1,
-        Ingress::Port(PORT_A),
-        offloaded_tcp(A_MAC, A, B, (40000, 80), 20_000),
-        big,
-    );
-    let icmp = Icmpv4Packet::new_checked(out.ip().payload()).unwrap();
-    assert_eq!(
-        (icmp.msg_type(), icmp.msg_code()),
-        (Icmpv4Message::DstUnreachable, 4)
-    );
+    assert_oversized_segments_get_fragmentation_needed(&mut n1);
     let fits = FrameMeta {
         gso_size: Some(1410),
         checksum_partial: true,
@@ -1198,21 +1204,7 @@ fn with_overlay_gso_a_super_frame_is_encapsulated_once() {
     assert_eq!(after, before + 1);
     assert_eq!(n1.drops().get(DropReason::NeedsSoftwareOffload), 0);
     // Segments that do not fit the overlay are still answered by the MTU check.
-    let big = FrameMeta {
-        gso_size: Some(1411),
-        checksum_partial: true,
-    };
-    let out = run_with(
-        &mut n1,
-        Ingress::Port(PORT_A),
-        offloaded_tcp(A_MAC, A, B, (40000, 80), 20_000),
-        big,
-    );
-    let icmp = Icmpv4Packet::new_checked(out.ip().payload()).unwrap();
-    assert_eq!(
-        (icmp.msg_type(), icmp.msg_code()),
-        (Icmpv4Message::DstUnreachable, 4)
-    );
+    assert_oversized_segments_get_fragmentation_needed(&mut n1);
 }
 
 #[test]

@@ -107,6 +107,15 @@ struct PortsEgress<'a> {
     underlay: Option<&'a mut SendBatch>,
 }
 
+impl PortsEgress<'_> {
+    /// The underlay send batch (payloads are queued there, flushed by the worker).
+    fn batch(&mut self) -> io::Result<&mut SendBatch> {
+        self.underlay
+            .as_deref_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no underlay socket"))
+    }
+}
+
 impl Egress for PortsEgress<'_> {
     fn to_port(&mut self, port: PortId, frame: &[u8]) -> io::Result<()> {
         let q = self.ports.get(&port).ok_or_else(|| {
@@ -131,10 +140,7 @@ impl Egress for PortsEgress<'_> {
         // A socket bound to the VXLAN port sends from that port; per-flow source
         // ports (ECMP entropy) need one socket per port or a raw socket: later.
         // Queued here, sent by the worker's flush (`sendmmsg`, UDP GSO).
-        let s = self
-            .underlay
-            .as_deref_mut()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no underlay socket"))?;
+        let s = self.batch()?;
         s.push(remote, payload);
         Ok(())
     }
@@ -146,10 +152,7 @@ impl Egress for PortsEgress<'_> {
         hdr: &VnetHdr,
         payload: &[u8],
     ) -> io::Result<()> {
-        let s = self
-            .underlay
-            .as_deref_mut()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no underlay socket"))?;
+        let s = self.batch()?;
         let invalid = |e: SoftError| io::Error::new(io::ErrorKind::InvalidData, format!("{e:?}"));
         if hdr.is_gso() {
             return s
