@@ -476,6 +476,83 @@ mod tests {
         assert!(l4_verifies(&sink.underlay[0].2));
     }
 
+    /// A forwarder with overlay GSO: encapsulates offloaded frames as they are.
+    struct EncapsulatesOnce(ToOverlay);
+    impl Forwarder for EncapsulatesOnce {
+        fn process(&mut self, now: Instant, i: Ingress, b: &mut [u8], frame: Span) -> Action {
+            self.0.process(now, i, b, frame)
+        }
+        fn process_with(
+            &mut self,
+            now: Instant,
+            i: Ingress,
+            b: &mut [u8],
+            frame: Span,
+            _: FrameMeta,
+        ) -> Action {
+            self.0.process(now, i, b, frame)
+        }
+    }
+
+    #[test]
+    fn an_offloaded_frame_encapsulated_once_goes_to_the_offloaded_underlay_path() {
+        use crate::dataplane::gso::tests::partial_tcp;
+        #[derive(Default)]
+        struct Offloads(Vec<(VnetHdr, usize)>, Sink);
+        impl Egress for Offloads {
+            fn to_port(&mut self, port: PortId, frame: &[u8]) -> io::Result<()> {
+                self.1.to_port(port, frame)
+            }
+            fn to_underlay(&mut self, r: SocketAddr, sp: u16, p: &[u8]) -> io::Result<()> {
+                self.1.to_underlay(r, sp, p)
+            }
+            fn to_underlay_offloaded(
+                &mut self,
+                _: SocketAddr,
+                _: u16,
+                hdr: &VnetHdr,
+                p: &[u8],
+            ) -> io::Result<()> {
+                self.0.push((*hdr, p.len()));
+                Ok(())
+            }
+        }
+        let (frame, hdr) = partial_tcp(&[7; 3000], 0x18);
+        let (mut buf, span) = placed(&frame);
+        let mut scratch = vec![0u8; BUFFER_LEN];
+        let mut fwd = EncapsulatesOnce(ToOverlay(0));
+        let mut out = Offloads::default();
+        let now = Instant::from_millis(0);
+        let r = forward_frame(
+            &mut fwd,
+            now,
+            Ingress::Port(PortId(1)),
+            &mut buf,
+            span,
+            hdr,
+            &mut scratch,
+            &mut out,
+        );
+        assert!(matches!(r, Ok(Outcome::Sent(Action::Encap(_)))));
+        assert_eq!((fwd.0 .0, out.0.as_slice()), (1, &[(hdr, frame.len())][..]));
+        assert!(out.1.underlay.is_empty(), "not segmented before the core");
+        // An egress without the offloaded path refuses rather than sending it whole.
+        let mut plain = Sink::default();
+        let (mut buf, span) = placed(&frame);
+        let r = forward_frame(
+            &mut fwd,
+            now,
+            Ingress::Port(PortId(1)),
+            &mut buf,
+            span,
+            hdr,
+            &mut scratch,
+            &mut plain,
+        );
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::Unsupported);
+        assert!(plain.underlay.is_empty());
+    }
+
     #[test]
     fn delivered_offloaded_frames_keep_their_header() {
         use crate::dataplane::gso::tests::partial_tcp;

@@ -174,18 +174,7 @@ impl Tap {
     pub fn create(name: &str, options: TapOptions) -> io::Result<Tap> {
         let first = open_queue(name, &options, true)?;
         ioctl_int(&first, TUNSETPERSIST, 1)?;
-        let offloads = set_offloads(&first, options.offloads)?;
-        let options = TapOptions {
-            offloads,
-            ..options
-        };
-        let mut tap = Tap {
-            name: name.to_string(),
-            queues: vec![first.into()],
-            options,
-        };
-        tap.open_more_queues()?;
-        Ok(tap)
+        Tap::with_first_queue(name, first, options)
     }
 
     /// Attaches queues to the existing TAP `name` in the calling thread's netns.
@@ -198,6 +187,12 @@ impl Tap {
             ));
         }
         let first = open_queue(name, &options, false)?;
+        Tap::with_first_queue(name, first, options)
+    }
+
+    /// The TAP `name` from its first open queue: offloads set (as far as the kernel
+    /// accepts them), then the other queues opened.
+    fn with_first_queue(name: &str, first: File, options: TapOptions) -> io::Result<Tap> {
         let offloads = set_offloads(&first, options.offloads)?;
         let options = TapOptions {
             offloads,
