@@ -411,6 +411,20 @@ mod tests {
         }
     }
 
+    /// `frame` read from port 1 with `hdr`, through `fwd`, out of `egress`.
+    fn forward_read<F: Forwarder, E: Egress>(
+        fwd: &mut F,
+        frame: &[u8],
+        hdr: VnetHdr,
+        egress: &mut E,
+    ) -> io::Result<Outcome> {
+        let (mut buf, span) = placed(frame);
+        let mut scratch = vec![0u8; BUFFER_LEN];
+        let now = Instant::from_millis(0);
+        let port = Ingress::Port(PortId(1));
+        forward_frame(fwd, now, port, &mut buf, span, hdr, &mut scratch, egress)
+    }
+
     fn placed(frame: &[u8]) -> (Vec<u8>, Span) {
         let mut buf = vec![0u8; HEADROOM];
         buf.extend_from_slice(frame);
@@ -428,22 +442,9 @@ mod tests {
         use crate::dataplane::gso::tests::{l4_verifies, partial_tcp};
         let payload: Vec<u8> = (0..4500u32).map(|i| (i * 13) as u8).collect();
         let (frame, hdr) = partial_tcp(&payload, 0x18);
-        let (mut buf, span) = placed(&frame);
-        let mut scratch = vec![0u8; BUFFER_LEN];
         let mut fwd = ToOverlay(0);
         let mut sink = Sink::default();
-        let now = Instant::from_millis(0);
-        let out = forward_frame(
-            &mut fwd,
-            now,
-            Ingress::Port(PortId(1)),
-            &mut buf,
-            span,
-            hdr,
-            &mut scratch,
-            &mut sink,
-        )
-        .unwrap();
+        let out = forward_read(&mut fwd, &frame, hdr, &mut sink).unwrap();
         assert!(matches!(out, Outcome::Sent(Action::Encap(_))));
         assert_eq!(fwd.0, 5, "4500 bytes in segments of 1000");
         assert_eq!(sink.underlay.len(), 5);
@@ -458,19 +459,8 @@ mod tests {
         // A partial checksum alone is completed in place and sent as one frame.
         let (frame, mut hdr) = partial_tcp(&payload[..900], 0x18);
         hdr.gso_type = 0;
-        let (mut buf, span) = placed(&frame);
         let mut sink = Sink::default();
-        let out = forward_frame(
-            &mut fwd,
-            now,
-            Ingress::Port(PortId(1)),
-            &mut buf,
-            span,
-            hdr,
-            &mut scratch,
-            &mut sink,
-        )
-        .unwrap();
+        let out = forward_read(&mut fwd, &frame, hdr, &mut sink).unwrap();
         assert!(matches!(out, Outcome::Sent(_)));
         assert_eq!(sink.underlay.len(), 1);
         assert!(l4_verifies(&sink.underlay[0].2));
@@ -518,37 +508,15 @@ mod tests {
             }
         }
         let (frame, hdr) = partial_tcp(&[7; 3000], 0x18);
-        let (mut buf, span) = placed(&frame);
-        let mut scratch = vec![0u8; BUFFER_LEN];
         let mut fwd = EncapsulatesOnce(ToOverlay(0));
         let mut out = Offloads::default();
-        let now = Instant::from_millis(0);
-        let r = forward_frame(
-            &mut fwd,
-            now,
-            Ingress::Port(PortId(1)),
-            &mut buf,
-            span,
-            hdr,
-            &mut scratch,
-            &mut out,
-        );
+        let r = forward_read(&mut fwd, &frame, hdr, &mut out);
         assert!(matches!(r, Ok(Outcome::Sent(Action::Encap(_)))));
         assert_eq!((fwd.0 .0, out.0.as_slice()), (1, &[(hdr, frame.len())][..]));
         assert!(out.1.underlay.is_empty(), "not segmented before the core");
         // An egress without the offloaded path refuses rather than sending it whole.
         let mut plain = Sink::default();
-        let (mut buf, span) = placed(&frame);
-        let r = forward_frame(
-            &mut fwd,
-            now,
-            Ingress::Port(PortId(1)),
-            &mut buf,
-            span,
-            hdr,
-            &mut scratch,
-            &mut plain,
-        );
+        let r = forward_read(&mut fwd, &frame, hdr, &mut plain);
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::Unsupported);
         assert!(plain.underlay.is_empty());
     }
@@ -597,34 +565,13 @@ mod tests {
             }
         }
         let (frame, hdr) = partial_tcp(&[7u8; 30_000], 0x10);
-        let (mut buf, span) = placed(&frame);
         let mut sink = HdrSink::default();
-        let out = forward_frame(
-            &mut Local,
-            Instant::from_millis(0),
-            Ingress::Port(PortId(1)),
-            &mut buf,
-            span,
-            hdr,
-            &mut [],
-            &mut sink,
-        )
-        .unwrap();
+        let out = forward_read(&mut Local, &frame, hdr, &mut sink).unwrap();
         assert!(matches!(out, Outcome::Sent(_)));
         assert_eq!(sink.0, vec![(PortId(2), hdr, frame.len())]);
         // An egress that cannot write offloaded frames refuses rather than writing
         // a super-frame without its header.
-        let (mut buf, span) = placed(&frame);
-        let err = forward_frame(
-            &mut Local,
-            Instant::from_millis(0),
-            Ingress::Port(PortId(1)),
-            &mut buf,
-            span,
-            hdr,
-            &mut [],
-            &mut Sink::default(),
-        );
+        let err = forward_read(&mut Local, &frame, hdr, &mut Sink::default());
         assert_eq!(err.unwrap_err().kind(), io::ErrorKind::Unsupported);
     }
 
