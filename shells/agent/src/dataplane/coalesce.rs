@@ -36,9 +36,9 @@ use podwire_core::ids::PortId;
 
 use super::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4};
 
-/// Segments per super-frame (the kernel's `MAX_SKB_FRAGS` is at least 17; a
-/// super-frame is copied into linear pages by the TAP, so only the 64 KiB IPv4
-/// limit and this iovec budget apply).
+/// Segments per super-frame: the bound of one `writev`'s parts (a super-frame is
+/// also held to the 64 KiB of an IPv4 packet, which at the usual MSS comes first; the
+/// TAP copies it into its own pages, so the layout of the parts does not matter).
 pub const MAX_SEGMENTS: usize = 64;
 
 const ETH: usize = 14;
