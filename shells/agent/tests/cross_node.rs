@@ -168,11 +168,11 @@ fn mtu_full_size_segments_cross_nodes_and_oversized_frames_are_dropped_with_a_re
 }
 
 #[test]
-fn bulk_tcp_crosses_nodes_intact_and_reaches_the_pod_coalesced() {
+fn bulk_tcp_crosses_nodes_intact_coalesced_for_the_pod_and_through_a_cluster_ip() {
     if !can_run() {
         return;
     }
-    let lab = lab(2, 1);
+    let mut lab = lab(2, 1);
     let a = lab.pods[0].clone();
     let b = lab.pods[1].clone();
     // Both directions: each agent segments its pod's super-frames once encapsulated
@@ -191,6 +191,36 @@ fn bulk_tcp_crosses_nodes_intact_and_reaches_the_pod_coalesced() {
             "{frames} frames for {segments} segments: not coalesced"
         );
     }
+    // Through a ClusterIP whose backend is on the other node: node1 translates the
+    // super-frames (partial checksums stay partial) before it encapsulates them.
+    let vip: std::net::Ipv4Addr = "10.96.0.77".parse().unwrap();
+    lab.set_extra_manifests(&format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: sink, namespace: default}}
+spec:
+  clusterIP: {vip}
+  ports: [{{name: bulk, port: 7780, targetPort: 7780}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: sink-1, namespace: default, labels: {{kubernetes.io/service-name: sink}}}}
+addressType: IPv4
+ports: [{{name: bulk, port: 7780, protocol: TCP}}]
+endpoints:
+- addresses: [{}]
+  nodeName: node2
+  conditions: {{ready: true, serving: true, terminating: false}}
+",
+        b.ip
+    ))
+    .unwrap();
+    wait_for("the service on node1", || {
+        lab.podwire("node1", &["status"])
+            .is_ok_and(|s| s.contains(", 1 service ports"))
+    });
+    let n = 16 << 20;
+    assert_eq!(tcp_bulk(&a.netns, &b.netns, vip, n), n, "via the ClusterIP");
     for node in ["node1", "node2"] {
         assert_eq!(drops(&lab, node, "needs_software_offload"), 0, "{node}");
     }
