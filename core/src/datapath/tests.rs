@@ -262,6 +262,14 @@ impl Out {
     }
 }
 
+/// The ingress of a VXLAN payload from the underlay address `source`.
+fn underlay(source: IpAddr, source_port: u16) -> Ingress {
+    Ingress::Underlay {
+        source,
+        source_port,
+    }
+}
+
 fn run(dp: &mut Datapath<'static>, ingress: Ingress, (mut buf, span): (Vec<u8>, Span)) -> Out {
     let action = dp.process(T0, ingress, &mut buf, span);
     Out { buf, action }
@@ -283,6 +291,19 @@ fn tcp_from(
         6,
         64,
         &tcp(sport, dport, 1, 0, flags, b"hello"),
+    )
+}
+
+/// B's SYN/ACK from port 8080 to A's port `dport`, as B sends it to node 2.
+fn syn_ack_from_b(dport: u16) -> (Vec<u8>, Span) {
+    ipv4_frame(
+        B_MAC,
+        ROUTER2.0,
+        B,
+        A,
+        6,
+        64,
+        &tcp(8080, dport, 5, 2, SYN | ACK, b""),
     )
 }
 
@@ -446,10 +467,7 @@ fn cross_node_over_vxlan_both_shell_styles() {
     let source = IpAddr::V4(NODE1_IP);
     let delivered = run(
         &mut n2,
-        Ingress::Underlay {
-            source,
-            source_port: e.source_port,
-        },
+        underlay(source, e.source_port),
         out.vxlan_payload(),
     );
     assert!(
@@ -461,25 +479,10 @@ fn cross_node_over_vxlan_both_shell_styles() {
     assert_eq!(&delivered.frame()[0..6], &B_MAC);
 
     // The reply goes back the same way.
-    let reply = ipv4_frame(
-        B_MAC,
-        ROUTER2.0,
-        B,
-        A,
-        6,
-        64,
-        &tcp(8080, 40000, 5, 2, SYN | ACK, b""),
-    );
+    let reply = syn_ack_from_b(40000);
     let out = run(&mut n2, Ingress::Port(PORT_B), reply);
     let source = IpAddr::V4(NODE2_IP);
-    let back = run(
-        &mut n1,
-        Ingress::Underlay {
-            source,
-            source_port: 50000,
-        },
-        out.vxlan_payload(),
-    );
+    let back = run(&mut n1, underlay(source, 50000), out.vxlan_payload());
     assert!(matches!(back.action, Action::Deliver { port: PORT_A, .. }));
     assert_tcp(&back, (B, 8080), (A, 40000));
 
@@ -535,14 +538,7 @@ fn overlay_rejects_unknown_senders_and_spoofed_inner_sources() {
         tcp_from(A_MAC, A, B, 40000, 8080, SYN),
     );
     let stranger = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99));
-    let dropped = run(
-        &mut n2,
-        Ingress::Underlay {
-            source: stranger,
-            source_port: 1,
-        },
-        out.vxlan_payload(),
-    );
+    let dropped = run(&mut n2, underlay(stranger, 1), out.vxlan_payload());
     assert_eq!(dropped.action, Action::Drop(DropReason::UnknownVtep));
     // Node 1 claims a source from node 2's own block.
     let forged = ipv4_frame(A_MAC, ROUTER1.0, GW2, B, 17, 64, &udp(1, 2, b"x"));
@@ -554,14 +550,7 @@ fn overlay_rejects_unknown_senders_and_spoofed_inner_sources() {
         len: payload.len() - HEADROOM,
     };
     let source = IpAddr::V4(NODE1_IP);
-    let dropped = run(
-        &mut n2,
-        Ingress::Underlay {
-            source,
-            source_port: 1,
-        },
-        (payload, span),
-    );
+    let dropped = run(&mut n2, underlay(source, 1), (payload, span));
     assert_eq!(dropped.action, Action::Drop(DropReason::SpoofedIp));
     assert_eq!(n2.drops().get(DropReason::UnknownVtep), 1);
 }
@@ -576,36 +565,14 @@ fn service_dnat_encap_decap_and_reverse_nat_of_the_reply() {
         tcp_from(A_MAC, A, SERVICE_IP, 40000, 80, SYN),
     );
     let source = IpAddr::V4(NODE1_IP);
-    let at_b = run(
-        &mut n2,
-        Ingress::Underlay {
-            source,
-            source_port: 1,
-        },
-        out.vxlan_payload(),
-    );
+    let at_b = run(&mut n2, underlay(source, 1), out.vxlan_payload());
     assert!(matches!(at_b.action, Action::Deliver { port: PORT_B, .. }));
     assert_tcp(&at_b, (A, 40000), (B, 8080));
 
-    let reply = ipv4_frame(
-        B_MAC,
-        ROUTER2.0,
-        B,
-        A,
-        6,
-        64,
-        &tcp(8080, 40000, 5, 2, SYN | ACK, b""),
-    );
+    let reply = syn_ack_from_b(40000);
     let out = run(&mut n2, Ingress::Port(PORT_B), reply);
     let source = IpAddr::V4(NODE2_IP);
-    let at_a = run(
-        &mut n1,
-        Ingress::Underlay {
-            source,
-            source_port: 1,
-        },
-        out.vxlan_payload(),
-    );
+    let at_a = run(&mut n1, underlay(source, 1), out.vxlan_payload());
     assert!(matches!(at_a.action, Action::Deliver { port: PORT_A, .. }));
     assert_tcp(&at_a, (SERVICE_IP, 80), (A, 40000));
     let (id, _) = n1
@@ -740,14 +707,7 @@ fn ingress_policy_on_the_destination_node_with_reasons_and_events() {
         Ingress::Port(PORT_A),
         tcp_from(A_MAC, A, B, 40000, 9090, SYN),
     );
-    let denied = run(
-        &mut n2,
-        Ingress::Underlay {
-            source,
-            source_port: 1,
-        },
-        out.vxlan_payload(),
-    );
+    let denied = run(&mut n2, underlay(source, 1), out.vxlan_payload());
     assert_eq!(denied.action, Action::Drop(DropReason::PolicyDeniedIngress));
     let event = consumer.dequeue().unwrap();
     assert_eq!(
@@ -767,14 +727,7 @@ fn ingress_policy_on_the_destination_node_with_reasons_and_events() {
         Ingress::Port(PORT_A),
         tcp_from(A_MAC, A, B, 40001, 8080, SYN),
     );
-    let allowed = run(
-        &mut n2,
-        Ingress::Underlay {
-            source,
-            source_port: 1,
-        },
-        out.vxlan_payload(),
-    );
+    let allowed = run(&mut n2, underlay(source, 1), out.vxlan_payload());
     assert!(matches!(
         allowed.action,
         Action::Deliver { port: PORT_B, .. }
@@ -789,15 +742,7 @@ fn ingress_policy_on_the_destination_node_with_reasons_and_events() {
         })
     );
     // The reply of the allowed connection passes B's isolation.
-    let reply = ipv4_frame(
-        B_MAC,
-        ROUTER2.0,
-        B,
-        A,
-        6,
-        64,
-        &tcp(8080, 40001, 5, 2, SYN | ACK, b""),
-    );
+    let reply = syn_ack_from_b(40001);
     let out = run(&mut n2, Ingress::Port(PORT_B), reply);
     assert!(matches!(out.action, Action::Encap(_)));
 
@@ -809,14 +754,7 @@ fn ingress_policy_on_the_destination_node_with_reasons_and_events() {
         Ingress::Port(PORT_A),
         tcp_from(A_MAC, A, B, 40001, 8080, ACK),
     );
-    let kept = run(
-        &mut n2,
-        Ingress::Underlay {
-            source,
-            source_port: 1,
-        },
-        again.vxlan_payload(),
-    );
+    let kept = run(&mut n2, underlay(source, 1), again.vxlan_payload());
     assert!(matches!(kept.action, Action::Deliver { .. }));
     isolate_b(&mut n2, None);
     let again = run(
@@ -824,14 +762,7 @@ fn ingress_policy_on_the_destination_node_with_reasons_and_events() {
         Ingress::Port(PORT_A),
         tcp_from(A_MAC, A, B, 40001, 8080, ACK),
     );
-    let cut = run(
-        &mut n2,
-        Ingress::Underlay {
-            source,
-            source_port: 1,
-        },
-        again.vxlan_payload(),
-    );
+    let cut = run(&mut n2, underlay(source, 1), again.vxlan_payload());
     assert_eq!(cut.action, Action::Drop(DropReason::PolicyDeniedIngress));
 }
 
