@@ -20,23 +20,24 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use podwire_core::conntrack::{self, Bucket, ConnTrack, Direction, Entry};
+use podwire_core::conntrack::{self, Bucket, Direction, Entry};
 use podwire_core::datapath::{
-    Action, Datapath, DatapathConfig, DatapathTables, Ingress, PortKind, PortTable, Span, HEADROOM,
+    Action, Datapath, DatapathConfig, DatapathStorage, DatapathTables, Ingress, PortKind, Span,
+    HEADROOM,
 };
 use podwire_core::ids::{NodeId, PortId};
 use podwire_core::maglev::{self, MaglevScratch};
 use podwire_core::policy::{
-    EndpointPolicy, Identity, IpSlot, PolicyStorage, PolicyTable, PortRange, Prefix, Rule,
+    EndpointPolicy, Identity, IpSlot, PolicyStorage, PortRange, Prefix, Rule,
 };
 use podwire_core::route::{
     GatewaySlot, Ipv4Prefix, Ipv4RouteTable, NextHop, RouteEntry, RouteStorage, TrieNode,
 };
 use podwire_core::service::{
     AffinitySlot, Backend, BackendSlot, Conditions, Frontend, FrontendKind, FrontendSlot,
-    ServiceConfig, ServiceId, ServiceSlot, ServiceStorage, ServiceTable, TrafficPolicy,
+    ServiceConfig, ServiceId, ServiceSlot, ServiceStorage, TrafficPolicy,
 };
-use podwire_core::vxlan::{Vtep, VtepSlot, VtepTable, VxlanConfig};
+use podwire_core::vxlan::{Vtep, VtepSlot, VxlanConfig};
 use podwire_core::wire::EthernetAddress;
 use podwire_core::Instant;
 
@@ -130,16 +131,17 @@ fn leak<T: Clone>(value: T, n: usize) -> &'static mut [T] {
 /// route of its gateway address to the host.
 fn build_node(spec: &NodeSpec) -> Datapath<'static> {
     let layout = Ipv4RouteTable::layout(8, 16, 2);
-    let routes = Ipv4RouteTable::new(RouteStorage {
-        direct: leak(0u32, layout.direct),
-        nodes: leak(TrieNode::default(), layout.nodes),
-        leaves: leak(0u32, layout.leaves),
-        routes: leak(RouteEntry::default(), layout.routes),
-        gateways: leak(GatewaySlot::default(), layout.gateways),
-    })
-    .expect("direct array is a power of two");
-    let services = ServiceTable::new(
-        ServiceStorage {
+    let storage = DatapathStorage {
+        ports: leak(None, 4),
+        routes: RouteStorage {
+            direct: leak(0u32, layout.direct),
+            nodes: leak(TrieNode::default(), layout.nodes),
+            leaves: leak(0u32, layout.leaves),
+            routes: leak(RouteEntry::default(), layout.routes),
+            gateways: leak(GatewaySlot::default(), layout.gateways),
+        },
+        vteps: leak(VtepSlot::EMPTY, 4),
+        services: ServiceStorage {
             services: leak(ServiceSlot::EMPTY, 4),
             frontends: leak(FrontendSlot::EMPTY, 8),
             backends: leak(BackendSlot::EMPTY, 16),
@@ -147,32 +149,24 @@ fn build_node(spec: &NodeSpec) -> Datapath<'static> {
             scratch: leak(MaglevScratch::ZERO, maglev::scratch_len(8)),
             affinity: leak(AffinitySlot::EMPTY, 0),
         },
-        MAGLEV_M,
+        conntrack_buckets: leak(Bucket::EMPTY, conntrack::buckets_for(64)),
+        conntrack_entries: leak(Entry::EMPTY, 64),
+        policy: PolicyStorage {
+            addresses: leak(IpSlot::EMPTY, 16),
+            endpoint_policies: leak(EndpointPolicy::default(), 4),
+            rules: leak(Rule::EMPTY, 8),
+            ports: leak(PortRange::ANY, 8),
+            peers: leak(Identity(0), 8),
+            prefixes: leak(Prefix::EMPTY, 4),
+        },
+    };
+    let tables = DatapathTables::new(
+        storage,
         NodeId(spec.id),
-    )
-    .expect("Maglev storage matches M");
-    let conntrack = ConnTrack::new(
-        leak(Bucket::EMPTY, conntrack::buckets_for(64)),
-        leak(Entry::EMPTY, 64),
+        MAGLEV_M,
         conntrack::Config::default(),
     )
-    .expect("non-empty storage");
-    let policy = PolicyTable::new(PolicyStorage {
-        addresses: leak(IpSlot::EMPTY, 16),
-        endpoint_policies: leak(EndpointPolicy::default(), 4),
-        rules: leak(Rule::EMPTY, 8),
-        ports: leak(PortRange::ANY, 8),
-        peers: leak(Identity(0), 8),
-        prefixes: leak(Prefix::EMPTY, 4),
-    });
-    let tables = DatapathTables {
-        ports: PortTable::new(leak(None, 4)),
-        routes,
-        vteps: VtepTable::new(leak(VtepSlot::EMPTY, 4)),
-        services,
-        conntrack,
-        policy,
-    };
+    .expect("storage fits its tables");
     let config = DatapathConfig {
         node: NodeId(spec.id),
         router_mac: spec.router_mac,

@@ -49,24 +49,25 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant as WallClock;
 
-use podwire_core::conntrack::{self, Bucket, ConnTrack, Entry};
+use podwire_core::conntrack::{self, Bucket, Entry};
 use podwire_core::datapath::{
-    Action, Datapath, DatapathConfig, DatapathTables, Ingress, PortKind, PortTable, Span, HEADROOM,
+    Action, Datapath, DatapathConfig, DatapathStorage, DatapathTables, Ingress, PortKind, Span,
+    HEADROOM,
 };
 use podwire_core::ids::{NodeId, PortId};
 use podwire_core::maglev::{self, MaglevScratch};
 use podwire_core::policy::{
-    DirPolicy, EndpointPolicy, Identity, IpSlot, PeerSpec, PolicyId, PolicyStorage, PolicyTable,
-    PortProtocol, PortRange, Prefix, Rule, RuleSpec,
+    DirPolicy, EndpointPolicy, Identity, IpSlot, PeerSpec, PolicyId, PolicyStorage, PortProtocol,
+    PortRange, Prefix, Rule, RuleSpec,
 };
 use podwire_core::route::{
     GatewaySlot, Ipv4Prefix, NextHop, RouteEntry, RouteLayout, RouteStorage, RouteTable, TrieNode,
 };
 use podwire_core::service::{
     AffinitySlot, Backend, BackendSlot, Conditions, Frontend, FrontendKind, FrontendSlot,
-    ServiceConfig, ServiceId, ServiceSlot, ServiceStorage, ServiceTable, TrafficPolicy,
+    ServiceConfig, ServiceId, ServiceSlot, ServiceStorage, TrafficPolicy,
 };
-use podwire_core::vxlan::{Vtep, VtepSlot, VtepTable, VxlanConfig, IPV4_OVERHEAD};
+use podwire_core::vxlan::{Vtep, VtepSlot, VxlanConfig, IPV4_OVERHEAD};
 use podwire_core::wire::EthernetAddress;
 use podwire_core::Instant;
 
@@ -134,42 +135,6 @@ fn node_under_test() -> Datapath<'static> {
     let prefixes = 1 + PODS + NODES;
     let layout =
         RouteTable::<Ipv4Addr>::layout(RouteLayout::suggested_direct_bits(prefixes), prefixes, 4);
-    let routes = RouteTable::new(RouteStorage {
-        direct: leak(0u32, layout.direct),
-        nodes: leak(TrieNode::default(), layout.nodes),
-        leaves: leak(0u32, layout.leaves),
-        routes: leak(RouteEntry::default(), layout.routes),
-        gateways: leak(GatewaySlot::default(), layout.gateways),
-    })
-    .unwrap();
-    let services = ServiceTable::new(
-        ServiceStorage {
-            services: leak(ServiceSlot::EMPTY, SERVICES),
-            frontends: leak(FrontendSlot::EMPTY, 2 * SERVICES),
-            backends: leak(BackendSlot::EMPTY, SERVICES * BACKENDS_PER_SERVICE),
-            maglev: leak(0u16, SERVICES * MAGLEV_SIZE as usize),
-            scratch: leak(MaglevScratch::ZERO, maglev::scratch_len(16)),
-            affinity: leak(AffinitySlot::EMPTY, 256),
-        },
-        MAGLEV_SIZE,
-        NodeId(1),
-    )
-    .unwrap();
-    let conntrack = ConnTrack::new(
-        leak(Bucket::EMPTY, conntrack::buckets_for(CONNTRACK_ENTRIES)),
-        leak(Entry::EMPTY, CONNTRACK_ENTRIES),
-        conntrack::Config::default(),
-    )
-    .unwrap();
-    let cluster_pods = PODS + NODES * PODS;
-    let policy = PolicyTable::new(PolicyStorage {
-        addresses: leak(IpSlot::EMPTY, cluster_pods * 8 / 7 + 64),
-        endpoint_policies: leak(EndpointPolicy::default(), 64),
-        rules: leak(Rule::EMPTY, 256),
-        ports: leak(PortRange::ANY, 256),
-        peers: leak(Identity(0), 1024),
-        prefixes: leak(Prefix::EMPTY, 16),
-    });
     let mut vxlan = VxlanConfig::new(IpAddr::V4(UNDERLAY_IP), UNDERLAY_MAC);
     vxlan.underlay_mtu = 1500;
     let config = DatapathConfig {
@@ -180,14 +145,43 @@ fn node_under_test() -> Datapath<'static> {
         vxlan,
         flow_seed: 7,
     };
-    let tables = DatapathTables {
-        ports: PortTable::new(leak(None, PODS + 2)),
-        routes,
-        vteps: VtepTable::new(leak(VtepSlot::EMPTY, NODES + 1)),
-        services,
-        conntrack,
-        policy,
+    let cluster_pods = PODS + NODES * PODS;
+    let storage = DatapathStorage {
+        ports: leak(None, PODS + 2),
+        routes: RouteStorage {
+            direct: leak(0u32, layout.direct),
+            nodes: leak(TrieNode::default(), layout.nodes),
+            leaves: leak(0u32, layout.leaves),
+            routes: leak(RouteEntry::default(), layout.routes),
+            gateways: leak(GatewaySlot::default(), layout.gateways),
+        },
+        vteps: leak(VtepSlot::EMPTY, NODES + 1),
+        services: ServiceStorage {
+            services: leak(ServiceSlot::EMPTY, SERVICES),
+            frontends: leak(FrontendSlot::EMPTY, 2 * SERVICES),
+            backends: leak(BackendSlot::EMPTY, SERVICES * BACKENDS_PER_SERVICE),
+            maglev: leak(0u16, SERVICES * MAGLEV_SIZE as usize),
+            scratch: leak(MaglevScratch::ZERO, maglev::scratch_len(16)),
+            affinity: leak(AffinitySlot::EMPTY, 256),
+        },
+        conntrack_buckets: leak(Bucket::EMPTY, conntrack::buckets_for(CONNTRACK_ENTRIES)),
+        conntrack_entries: leak(Entry::EMPTY, CONNTRACK_ENTRIES),
+        policy: PolicyStorage {
+            addresses: leak(IpSlot::EMPTY, cluster_pods * 8 / 7 + 64),
+            endpoint_policies: leak(EndpointPolicy::default(), 64),
+            rules: leak(Rule::EMPTY, 256),
+            ports: leak(PortRange::ANY, 256),
+            peers: leak(Identity(0), 1024),
+            prefixes: leak(Prefix::EMPTY, 16),
+        },
     };
+    let tables = DatapathTables::new(
+        storage,
+        NodeId(1),
+        MAGLEV_SIZE,
+        conntrack::Config::default(),
+    )
+    .unwrap();
     let mut dp = Datapath::new(config, tables);
 
     dp.ports_mut()

@@ -49,6 +49,7 @@ mod meta;
 mod parse;
 mod ports;
 mod reject;
+mod storage;
 #[cfg(test)]
 mod test_frames;
 #[cfg(test)]
@@ -75,6 +76,7 @@ pub use drop::{DropCounters, DropReason};
 pub use event::{EventOutcome, EventSink, EventSource, FlowEvent};
 pub use meta::FrameMeta;
 pub use ports::{PortError, PortKind, PortTable};
+pub use storage::{DatapathStorage, TablesError};
 
 use parse::{parse_frame, Ipv4Summary, Parsed};
 use reject::IcmpError;

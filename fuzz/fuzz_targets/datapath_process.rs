@@ -32,25 +32,25 @@
 use core::net::{IpAddr, Ipv4Addr};
 
 use libfuzzer_sys::fuzz_target;
-use podwire_core::conntrack::{self, Bucket, ConnTrack, Entry};
+use podwire_core::conntrack::{self, Bucket, Entry};
 use podwire_core::datapath::{
-    Action, Datapath, DatapathConfig, DatapathTables, FlowEvent, FrameMeta, Ingress, PortKind,
-    PortTable, Span, HEADROOM,
+    Action, Datapath, DatapathConfig, DatapathStorage, DatapathTables, FlowEvent, FrameMeta,
+    Ingress, PortKind, Span, HEADROOM,
 };
 use podwire_core::ids::{NodeId, PortId};
 use podwire_core::maglev::{self, MaglevScratch};
 use podwire_core::policy::{
-    DirPolicy, EndpointPolicy, Identity, IpSlot, PeerSpec, PolicyId, PolicyStorage, PolicyTable,
-    PortProtocol, PortRange, Prefix, Rule, RuleSpec,
+    DirPolicy, EndpointPolicy, Identity, IpSlot, PeerSpec, PolicyId, PolicyStorage, PortProtocol,
+    PortRange, Prefix, Rule, RuleSpec,
 };
 use podwire_core::route::{
     GatewaySlot, Ipv4Prefix, NextHop, RouteEntry, RouteStorage, RouteTable, TrieNode,
 };
 use podwire_core::service::{
     AffinitySlot, Backend, BackendSlot, Conditions, Frontend, FrontendKind, FrontendSlot,
-    ServiceConfig, ServiceId, ServiceSlot, ServiceStorage, ServiceTable, TrafficPolicy,
+    ServiceConfig, ServiceId, ServiceSlot, ServiceStorage, TrafficPolicy,
 };
-use podwire_core::vxlan::{Vtep, VtepSlot, VtepTable, VxlanConfig, IPV4_OVERHEAD};
+use podwire_core::vxlan::{Vtep, VtepSlot, VxlanConfig, IPV4_OVERHEAD};
 use podwire_core::wire::EthernetAddress;
 use podwire_core::{Duration, Instant};
 
@@ -130,41 +130,6 @@ impl Store {
 }
 
 fn datapath(st: &mut Store) -> Datapath<'_> {
-    let routes = RouteTable::new(RouteStorage {
-        direct: &mut st.direct,
-        nodes: &mut st.nodes,
-        leaves: &mut st.leaves,
-        routes: &mut st.routes,
-        gateways: &mut st.gateways,
-    })
-    .unwrap();
-    let services = ServiceTable::new(
-        ServiceStorage {
-            services: &mut st.services,
-            frontends: &mut st.frontends,
-            backends: &mut st.backends,
-            maglev: &mut st.maglev,
-            scratch: &mut st.scratch,
-            affinity: &mut st.affinity,
-        },
-        MAGLEV_SIZE,
-        NodeId(1),
-    )
-    .unwrap();
-    let conntrack = ConnTrack::new(
-        &mut st.buckets,
-        &mut st.entries,
-        conntrack::Config::default(),
-    )
-    .unwrap();
-    let policy = PolicyTable::new(PolicyStorage {
-        addresses: &mut st.addresses,
-        endpoint_policies: &mut st.endpoint_policies,
-        rules: &mut st.rules,
-        ports: &mut st.policy_ports,
-        peers: &mut st.peers,
-        prefixes: &mut st.prefixes,
-    });
     let mut vxlan = VxlanConfig::new(IpAddr::V4(NODE1_IP), UNDERLAY_MAC1);
     vxlan.underlay_mtu = 1500;
     let config = DatapathConfig {
@@ -175,14 +140,42 @@ fn datapath(st: &mut Store) -> Datapath<'_> {
         vxlan,
         flow_seed: 7,
     };
-    let tables = DatapathTables {
-        ports: PortTable::new(&mut st.ports),
-        routes,
-        vteps: VtepTable::new(&mut st.vteps),
-        services,
-        conntrack,
-        policy,
+    let storage = DatapathStorage {
+        ports: &mut st.ports,
+        routes: RouteStorage {
+            direct: &mut st.direct,
+            nodes: &mut st.nodes,
+            leaves: &mut st.leaves,
+            routes: &mut st.routes,
+            gateways: &mut st.gateways,
+        },
+        vteps: &mut st.vteps,
+        services: ServiceStorage {
+            services: &mut st.services,
+            frontends: &mut st.frontends,
+            backends: &mut st.backends,
+            maglev: &mut st.maglev,
+            scratch: &mut st.scratch,
+            affinity: &mut st.affinity,
+        },
+        conntrack_buckets: &mut st.buckets,
+        conntrack_entries: &mut st.entries,
+        policy: PolicyStorage {
+            addresses: &mut st.addresses,
+            endpoint_policies: &mut st.endpoint_policies,
+            rules: &mut st.rules,
+            ports: &mut st.policy_ports,
+            peers: &mut st.peers,
+            prefixes: &mut st.prefixes,
+        },
     };
+    let tables = DatapathTables::new(
+        storage,
+        NodeId(1),
+        MAGLEV_SIZE,
+        conntrack::Config::default(),
+    )
+    .unwrap();
     let mut dp = Datapath::new(config, tables);
     let ports = dp.ports_mut();
     ports.set(HOST, PortKind::Host { mac: HOST_MAC }).unwrap();

@@ -77,16 +77,17 @@ fn datapath(
         (ROUTER2, UNDERLAY_MAC2)
     };
     let layout = RouteTable::<Ipv4Addr>::layout(8, 64, 4);
-    let routes = RouteTable::new(RouteStorage {
-        direct: leak(0u32, layout.direct),
-        nodes: leak(TrieNode::default(), layout.nodes),
-        leaves: leak(0u32, layout.leaves),
-        routes: leak(RouteEntry::default(), layout.routes),
-        gateways: leak(GatewaySlot::default(), layout.gateways),
-    })
-    .unwrap();
-    let services = ServiceTable::new(
-        ServiceStorage {
+    let storage = DatapathStorage {
+        ports: leak(None, 8),
+        routes: RouteStorage {
+            direct: leak(0u32, layout.direct),
+            nodes: leak(TrieNode::default(), layout.nodes),
+            leaves: leak(0u32, layout.leaves),
+            routes: leak(RouteEntry::default(), layout.routes),
+            gateways: leak(GatewaySlot::default(), layout.gateways),
+        },
+        vteps: leak(VtepSlot::EMPTY, 8),
+        services: ServiceStorage {
             services: leak(ServiceSlot::EMPTY, 8),
             frontends: leak(FrontendSlot::EMPTY, 32),
             backends: leak(BackendSlot::EMPTY, 64),
@@ -94,24 +95,24 @@ fn datapath(
             scratch: leak(MaglevScratch::ZERO, maglev::scratch_len(16)),
             affinity: leak(AffinitySlot::EMPTY, 64),
         },
-        MAGLEV_SIZE,
+        conntrack_buckets: leak(Bucket::EMPTY, conntrack::buckets_for(256)),
+        conntrack_entries: leak(Entry::EMPTY, 256),
+        policy: PolicyStorage {
+            addresses: leak(IpSlot::EMPTY, 64),
+            endpoint_policies: leak(EndpointPolicy::default(), 16),
+            rules: leak(Rule::EMPTY, 32),
+            ports: leak(PortRange::ANY, 32),
+            peers: leak(Identity(0), 64),
+            prefixes: leak(Prefix::EMPTY, 16),
+        },
+    };
+    let tables = DatapathTables::new(
+        storage,
         NodeId(node),
-    )
-    .unwrap();
-    let conntrack = ConnTrack::new(
-        leak(Bucket::EMPTY, conntrack::buckets_for(256)),
-        leak(Entry::EMPTY, 256),
+        MAGLEV_SIZE,
         conntrack::Config::default(),
     )
     .unwrap();
-    let policy = PolicyTable::new(PolicyStorage {
-        addresses: leak(IpSlot::EMPTY, 64),
-        endpoint_policies: leak(EndpointPolicy::default(), 16),
-        rules: leak(Rule::EMPTY, 32),
-        ports: leak(PortRange::ANY, 32),
-        peers: leak(Identity(0), 64),
-        prefixes: leak(Prefix::EMPTY, 16),
-    });
     let mut vxlan = VxlanConfig::new(IpAddr::V4(underlay), underlay_mac);
     vxlan.underlay_mtu = 1500;
     let config = DatapathConfig {
@@ -121,14 +122,6 @@ fn datapath(
         pod_cidr: prefix(block, 24),
         vxlan,
         flow_seed: 7,
-    };
-    let tables = DatapathTables {
-        ports: PortTable::new(leak(None, 8)),
-        routes,
-        vteps: VtepTable::new(leak(VtepSlot::EMPTY, 8)),
-        services,
-        conntrack,
-        policy,
     };
     let mut dp = Datapath::new(config, tables);
     dp.ports_mut()

@@ -55,23 +55,22 @@ mod node {
 
     use static_cell::{ConstStaticCell, StaticCell};
 
-    use podwire_core::conntrack::{self, Bucket, ConnTrack, Entry};
+    use podwire_core::conntrack::{self, Bucket, Entry};
     use podwire_core::datapath::{
-        Datapath, DatapathConfig, DatapathTables, Ingress, PortKind, PortTable, Span, HEADROOM,
+        Datapath, DatapathConfig, DatapathStorage, DatapathTables, Ingress, PortKind, Span,
+        HEADROOM,
     };
     use podwire_core::ids::{NodeId, PortId};
     use podwire_core::maglev::{self, MaglevScratch};
     use podwire_core::policy::{
-        AddrInfo, DirPolicy, EndpointPolicy, Identity, IpSlot, PolicyStorage, PolicyTable,
-        PortRange, Prefix, Rule,
+        AddrInfo, DirPolicy, EndpointPolicy, Identity, IpSlot, PolicyStorage, PortRange, Prefix,
+        Rule,
     };
-    use podwire_core::route::{
-        GatewaySlot, Ipv4Prefix, Ipv4RouteTable, RouteEntry, RouteStorage, TrieNode,
-    };
+    use podwire_core::route::{GatewaySlot, Ipv4Prefix, RouteEntry, RouteStorage, TrieNode};
     use podwire_core::service::{
-        AffinitySlot, BackendSlot, FrontendSlot, ServiceSlot, ServiceStorage, ServiceTable,
+        AffinitySlot, BackendSlot, FrontendSlot, ServiceSlot, ServiceStorage,
     };
-    use podwire_core::vxlan::{VtepSlot, VtepTable, VxlanConfig};
+    use podwire_core::vxlan::{VtepSlot, VxlanConfig};
     use podwire_core::wire::EthernetAddress;
     use podwire_core::Instant;
 
@@ -159,15 +158,17 @@ mod node {
 
     /// The node's datapath over the static tables.
     fn datapath() -> &'static mut Datapath<'static> {
-        let routes = Ipv4RouteTable::new(RouteStorage {
-            direct: ROUTE_DIRECT.take(),
-            nodes: ROUTE_TRIE_NODES.take(),
-            leaves: ROUTE_TRIE_LEAVES.take(),
-            routes: ROUTE_ENTRIES.take(),
-            gateways: ROUTE_GATEWAY_SLOTS.take(),
-        });
-        let services = ServiceTable::new(
-            ServiceStorage {
+        let storage = DatapathStorage {
+            ports: PORT_SLOTS.take(),
+            routes: RouteStorage {
+                direct: ROUTE_DIRECT.take(),
+                nodes: ROUTE_TRIE_NODES.take(),
+                leaves: ROUTE_TRIE_LEAVES.take(),
+                routes: ROUTE_ENTRIES.take(),
+                gateways: ROUTE_GATEWAY_SLOTS.take(),
+            },
+            vteps: VTEP_SLOTS.take(),
+            services: ServiceStorage {
                 services: SERVICE_SLOTS.take(),
                 frontends: FRONTEND_SLOTS.take(),
                 backends: BACKEND_SLOTS.take(),
@@ -175,32 +176,25 @@ mod node {
                 scratch: MAGLEV_BUILD_SCRATCH.take(),
                 affinity: AFFINITY_SLOTS.take(),
             },
-            MAGLEV_M as u32,
+            conntrack_buckets: CONNTRACK_INDEX.take(),
+            conntrack_entries: CONNTRACK_ENTRIES.take(),
+            policy: PolicyStorage {
+                addresses: POLICY_ADDRESSES.take(),
+                endpoint_policies: POLICY_ENDPOINTS.take(),
+                rules: POLICY_RULES.take(),
+                ports: POLICY_PORT_RANGES.take(),
+                peers: POLICY_PEER_IDS.take(),
+                prefixes: POLICY_CIDRS.take(),
+            },
+        };
+        let tables = DatapathTables::new(
+            storage,
             NodeId(1),
-        );
-        let conntrack = ConnTrack::new(
-            CONNTRACK_INDEX.take(),
-            CONNTRACK_ENTRIES.take(),
+            MAGLEV_M as u32,
             conntrack::Config::default(),
         );
-        let (Ok(routes), Ok(services), Ok(conntrack)) = (routes, services, conntrack) else {
+        let Ok(tables) = tables else {
             panic!("static storage matches the configuration");
-        };
-        let policy = PolicyTable::new(PolicyStorage {
-            addresses: POLICY_ADDRESSES.take(),
-            endpoint_policies: POLICY_ENDPOINTS.take(),
-            rules: POLICY_RULES.take(),
-            ports: POLICY_PORT_RANGES.take(),
-            peers: POLICY_PEER_IDS.take(),
-            prefixes: POLICY_CIDRS.take(),
-        });
-        let tables = DatapathTables {
-            ports: PortTable::new(PORT_SLOTS.take()),
-            routes,
-            vteps: VtepTable::new(VTEP_SLOTS.take()),
-            services,
-            conntrack,
-            policy,
         };
         // The node's identity arrives at run time (from flash or the agent).
         let underlay = Ipv4Addr::from_bits(black_box(0xc0a8_380b));

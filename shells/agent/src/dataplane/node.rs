@@ -16,10 +16,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use podwire_core::conntrack::{self, Bucket, ConnTrack, Entry};
+use podwire_core::conntrack::{self, Bucket, Entry};
 use podwire_core::datapath::{
-    Action, Datapath, DatapathConfig, DatapathStats, DatapathTables, FrameMeta, Ingress, PortKind,
-    PortTable, Span,
+    Action, Datapath, DatapathConfig, DatapathStats, DatapathStorage, DatapathTables, FrameMeta,
+    Ingress, PortKind, Span,
 };
 use podwire_core::ids::{NodeId, PortId};
 use podwire_core::maglev::{self, MaglevScratch};
@@ -29,10 +29,8 @@ use podwire_core::policy::{
 use podwire_core::route::{
     GatewaySlot, Ipv4Prefix, NextHop, RouteEntry, RouteStorage, RouteTable, TrieNode,
 };
-use podwire_core::service::{
-    AffinitySlot, BackendSlot, FrontendSlot, ServiceSlot, ServiceStorage, ServiceTable,
-};
-use podwire_core::vxlan::{Vtep, VtepSlot, VtepTable, VxlanConfig};
+use podwire_core::service::{AffinitySlot, BackendSlot, FrontendSlot, ServiceSlot, ServiceStorage};
+use podwire_core::vxlan::{Vtep, VtepSlot, VxlanConfig};
 use podwire_core::wire::{EthernetAddress, Vni};
 use podwire_core::Instant;
 
@@ -154,42 +152,6 @@ pub fn router_mac(node_ip: Ipv4Addr) -> [u8; 6] {
 /// Builds the node's datapath over leaked storage of `sizes`.
 pub fn build(setup: &NodeSetup, sizes: Sizes) -> Result<Datapath<'static>, String> {
     let layout = RouteTable::<Ipv4Addr>::layout(16, sizes.routes, 16);
-    let routes = RouteTable::new(RouteStorage {
-        direct: leak(0u32, layout.direct),
-        nodes: leak(TrieNode::default(), layout.nodes),
-        leaves: leak(0u32, layout.leaves),
-        routes: leak(RouteEntry::default(), layout.routes),
-        gateways: leak(GatewaySlot::default(), layout.gateways),
-    })
-    .map_err(|e| format!("route table: {e:?}"))?;
-    let maglev_size = 251u32;
-    let services = ServiceTable::new(
-        ServiceStorage {
-            services: leak(ServiceSlot::EMPTY, 64),
-            frontends: leak(FrontendSlot::EMPTY, 256),
-            backends: leak(BackendSlot::EMPTY, 512),
-            maglev: leak(0u16, 64 * maglev_size as usize),
-            scratch: leak(MaglevScratch::ZERO, maglev::scratch_len(64)),
-            affinity: leak(AffinitySlot::EMPTY, 1024),
-        },
-        maglev_size,
-        setup.node,
-    )
-    .map_err(|e| format!("service table: {e:?}"))?;
-    let conntrack = ConnTrack::new(
-        leak(Bucket::EMPTY, conntrack::buckets_for(sizes.conntrack)),
-        leak(Entry::EMPTY, sizes.conntrack),
-        conntrack::Config::default(),
-    )
-    .map_err(|e| format!("conntrack: {e:?}"))?;
-    let policy = PolicyTable::new(PolicyStorage {
-        addresses: leak(IpSlot::EMPTY, 4096),
-        endpoint_policies: leak(EndpointPolicy::default(), 256),
-        rules: leak(Rule::EMPTY, 1024),
-        ports: leak(PortRange::ANY, 1024),
-        peers: leak(Identity(0), 4096),
-        prefixes: leak(Prefix::EMPTY, 256),
-    });
     let router = EthernetAddress(router_mac(setup.node_ip));
     let mut vxlan = VxlanConfig::new(IpAddr::V4(setup.node_ip), router);
     vxlan.underlay_mtu = setup.underlay_mtu;
@@ -203,14 +165,43 @@ pub fn build(setup: &NodeSetup, sizes: Sizes) -> Result<Datapath<'static>, Strin
         vxlan,
         flow_seed: 0x706f_6477_6972_6521,
     };
-    let tables = DatapathTables {
-        ports: PortTable::new(leak(None, sizes.ports)),
-        routes,
-        vteps: VtepTable::new(leak(VtepSlot::EMPTY, sizes.vteps)),
-        services,
-        conntrack,
-        policy,
+    let maglev_size = 251u32;
+    let storage = DatapathStorage {
+        ports: leak(None, sizes.ports),
+        routes: RouteStorage {
+            direct: leak(0u32, layout.direct),
+            nodes: leak(TrieNode::default(), layout.nodes),
+            leaves: leak(0u32, layout.leaves),
+            routes: leak(RouteEntry::default(), layout.routes),
+            gateways: leak(GatewaySlot::default(), layout.gateways),
+        },
+        vteps: leak(VtepSlot::EMPTY, sizes.vteps),
+        services: ServiceStorage {
+            services: leak(ServiceSlot::EMPTY, 64),
+            frontends: leak(FrontendSlot::EMPTY, 256),
+            backends: leak(BackendSlot::EMPTY, 512),
+            maglev: leak(0u16, 64 * maglev_size as usize),
+            scratch: leak(MaglevScratch::ZERO, maglev::scratch_len(64)),
+            affinity: leak(AffinitySlot::EMPTY, 1024),
+        },
+        conntrack_buckets: leak(Bucket::EMPTY, conntrack::buckets_for(sizes.conntrack)),
+        conntrack_entries: leak(Entry::EMPTY, sizes.conntrack),
+        policy: PolicyStorage {
+            addresses: leak(IpSlot::EMPTY, 4096),
+            endpoint_policies: leak(EndpointPolicy::default(), 256),
+            rules: leak(Rule::EMPTY, 1024),
+            ports: leak(PortRange::ANY, 1024),
+            peers: leak(Identity(0), 4096),
+            prefixes: leak(Prefix::EMPTY, 256),
+        },
     };
+    let tables = DatapathTables::new(
+        storage,
+        setup.node,
+        maglev_size,
+        conntrack::Config::default(),
+    )
+    .map_err(|e| format!("datapath tables: {e:?}"))?;
     let mut dp = Datapath::new(config, tables);
     // The worker's egress cuts encapsulated super-frames into datagrams itself
     // (`udp::SendBatch::push_segments`), so a pod's 64 KiB TCP segment goes through
