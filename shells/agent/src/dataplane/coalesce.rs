@@ -34,6 +34,7 @@ use podwire_core::checksum;
 use podwire_core::datapath::Span;
 use podwire_core::ids::PortId;
 
+use super::gso::pseudo_v4;
 use super::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4};
 
 /// Segments per super-frame: the bound of one `writev`'s parts (a super-frame is
@@ -155,10 +156,10 @@ fn parse(frame: &[u8]) -> Option<Segment> {
     })
 }
 
-/// The IPv4 pseudo-header sum of a TCP segment of `l4_len` bytes (unfolded).
+/// The IPv4 pseudo-header sum of a TCP segment of `l4_len` bytes in `frame`, widened
+/// to be added to [`checksum::sum_wide`] sums.
 fn pseudo_sum(frame: &[u8], l4_len: usize) -> u64 {
-    let word = |at: usize| u64::from(u16::from_be_bytes([frame[at], frame[at + 1]]));
-    word(IP + 12) + word(IP + 14) + word(IP + 16) + word(IP + 18) + 6 + l4_len as u64
+    u64::from(pseudo_v4(&frame[IP..], PROTO_TCP, l4_len as u16))
 }
 
 /// Whether the frame's TCP checksum verifies.

@@ -84,7 +84,7 @@ pub fn complete_checksum(frame: &mut [u8], hdr: &VnetHdr) -> Result<(), SoftErro
 }
 
 /// The one's complement sum of the IPv4 pseudo-header.
-fn pseudo_v4(ip: &[u8], protocol: u8, l4_len: u16) -> u16 {
+pub(crate) fn pseudo_v4(ip: &[u8], protocol: u8, l4_len: u16) -> u16 {
     let mut s = checksum::sum(&ip[12..20]);
     s = checksum::add(s, u16::from(protocol));
     checksum::add(s, l4_len)
