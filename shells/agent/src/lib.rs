@@ -6,7 +6,8 @@
 //! Design note: the crate is split by responsibility. `cni/` is what the container
 //! runtime executes (synchronous, small); `api` is the local socket protocol between
 //! the plugin/CLI and the agent; `control/` turns cluster state into what the node
-//! needs (node view, IPAM with its persisted state); `netlink/` configures links,
+//! needs (node view, IPAM with its persisted state); `source/` delivers the cluster
+//! state from a datastore (file, Kubernetes API, etcd); `netlink/` configures links,
 //! addresses and routes behind a trait with a real rtnetlink implementation and a
 //! recording fake; `dataplane/` owns TAP devices and the loop that feeds frames
 //! through the core datapath; `agent/` ties them into the daemon; `cli/` is the
@@ -20,3 +21,4 @@ pub mod control;
 pub mod dataplane;
 pub mod lab;
 pub mod netlink;
+pub mod source;

@@ -4,10 +4,10 @@
 //! load the cluster state (the node's pod CIDR), restore IPAM from the state dir,
 //! (re)attach the host TAP and every recorded pod TAP, and only then open the socket
 //! — a CNI call that arrives earlier finds no socket and is told to try again (11).
-//! The manifests are polled (a content fingerprint once per interval), which works
-//! the same for a file, a folder, and a ConfigMap's symlink swaps; a change that does
-//! not parse or validate is logged and reported by `podwire status`, and the last
-//! good state keeps running.
+//! The cluster state comes from a [`crate::source`] task over a channel; events are
+//! gathered into the object store and compiled after a short debounce. A state that
+//! does not validate, or a source that goes away, is logged and reported by
+//! `podwire status`, and the last good state keeps running.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -26,12 +26,12 @@ use crate::agent::state::{ClusterState, Shared};
 use crate::api::{Request, Response};
 use crate::control::ipam::mac_for;
 use crate::control::ipam::NodeIpam;
-use crate::control::manifests;
-use crate::control::node_view::{self, ClusterView, ViewError};
+use crate::control::node_view::ClusterView;
 use crate::dataplane::node::{Dataplane, NodeSetup, RemoteNode, Sizes};
 use crate::dataplane::tap::TapOptions;
 use crate::netlink::rt::RtNetlink;
 use crate::netlink::{Netlink, Ns};
+use crate::source::{self, Datastore, ObjectStore, SourceEvent};
 use podwire_core::ids::NodeId;
 
 /// VXLAN overhead subtracted from the underlay MTU for pod interfaces.
@@ -40,7 +40,9 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 /// The agent's settings.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Manifests file or folder.
+    /// Where the cluster state comes from.
+    pub datastore: Datastore,
+    /// Manifests file or folder (the file datastore).
     pub cluster: PathBuf,
     /// This node's name.
     pub node: String,
@@ -50,7 +52,7 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     /// Underlay MTU; detected from the InternalIP's device when `None`.
     pub underlay_mtu: Option<u32>,
-    /// How often the manifests are checked for changes.
+    /// How often the manifests are checked for changes (the file datastore).
     pub reload_interval: Duration,
     /// TAP queues per pod.
     pub queues: usize,
@@ -62,27 +64,6 @@ pub struct AgentConfig {
     pub conntrack_entries: usize,
     /// How long the dataplane busy-polls after traffic before sleeping (zero: never).
     pub busy_poll: Duration,
-}
-
-/// A fingerprint of the manifests: file names and contents.
-fn fingerprint(path: &Path) -> Result<Vec<u8>, ViewError> {
-    let mut out = Vec::new();
-    let files = manifests::manifest_files(path)
-        .map_err(|e| ViewError::whole(path.display().to_string(), e.to_string()))?;
-    for f in files {
-        out.extend_from_slice(f.display().to_string().as_bytes());
-        out.push(0);
-        out.extend_from_slice(
-            &std::fs::read(&f)
-                .map_err(|e| ViewError::whole(f.display().to_string(), e.to_string()))?,
-        );
-        out.push(0);
-    }
-    Ok(out)
-}
-
-fn load_view(path: &Path, node: &str) -> Result<ClusterView, ViewError> {
-    node_view::load(path, node)
 }
 
 /// The other nodes with a pod CIDR and an InternalIP, numbered by their position in
@@ -178,12 +159,10 @@ async fn detect_underlay_mtu<N: Netlink>(nl: &N, view: &ClusterView) -> Option<u
 
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(config: AgentConfig) -> Result<()> {
-    let view = load_view(&config.cluster, &config.node)
-        .with_context(|| format!("loading cluster state from {}", config.cluster.display()))?;
-    let fp = fingerprint(&config.cluster).unwrap_or_default();
-    let Some(cidr) = view.local.pod_cidr else {
-        bail!("Node/{} has no podCIDR", config.node);
-    };
+    let (events_tx, mut events) = tokio::sync::mpsc::channel(source::EVENT_QUEUE);
+    let (source_name, source_task) = spawn_source(&config, events_tx);
+    let mut store = ObjectStore::default();
+    let (view, cidr) = first_view(&config, &source_name, &mut store, &mut events).await?;
     let ipam = NodeIpam::open(&config.state_dir, cidr)
         .with_context(|| format!("opening IPAM state in {}", config.state_dir.display()))?;
     if let Some(w) = &ipam.warning {
@@ -224,11 +203,12 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let listener = bind(&config.socket)?;
     let shared = Arc::new(Mutex::new(Shared {
         cluster: ClusterState {
-            source: config.cluster.clone(),
+            source: source_name,
             view,
             generation: 1,
             last_error: None,
             loaded_at: SystemTime::now(),
+            unavailable: None,
         },
         pods,
         socket: config.socket.clone(),
@@ -236,7 +216,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     }));
     // Policy and services are in force before the first CNI request is served.
     shared.lock().await.enforce().await;
-    let reload = tokio::spawn(reload_loop(shared.clone(), config.clone(), fp));
+    let reload = tokio::spawn(follow(shared.clone(), config.node.clone(), store, events));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = loop {
         tokio::select! {
@@ -256,6 +236,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         }
     };
     reload.abort();
+    source_task.abort();
     let _ = std::fs::remove_file(&config.socket);
     tracing::info!("agent stopped; pod interfaces stay in place for the next start");
     result
@@ -294,56 +275,138 @@ async fn serve<N: Netlink>(
     Ok(())
 }
 
-async fn reload_loop<N: Netlink>(
-    shared: Arc<Mutex<Shared<N>>>,
-    config: AgentConfig,
-    mut last: Vec<u8>,
-) {
-    let mut tick = tokio::time::interval(config.reload_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Starts the configured source; returns how status names it and its task.
+fn spawn_source(
+    config: &AgentConfig,
+    events: source::EventSender,
+) -> (String, tokio::task::JoinHandle<()>) {
+    match config.datastore {
+        Datastore::File => (
+            format!("file {}", config.cluster.display()),
+            tokio::spawn(source::file::run(
+                config.cluster.clone(),
+                config.reload_interval,
+                events,
+            )),
+        ),
+    }
+}
+
+/// Waits for the source's first complete state that gives this node a pod CIDR.
+/// A file that does not load is a start-up error; a network datastore is waited for.
+async fn first_view(
+    config: &AgentConfig,
+    source_name: &str,
+    store: &mut ObjectStore,
+    events: &mut tokio::sync::mpsc::Receiver<SourceEvent>,
+) -> Result<(ClusterView, Ipv4Net)> {
+    let mut last_problem = String::new();
     loop {
-        tick.tick().await;
-        let path = config.cluster.clone();
-        let node = config.node.clone();
-        let fp = match tokio::task::spawn_blocking(move || fingerprint(&path)).await {
-            Ok(Ok(fp)) => fp,
-            Ok(Err(e)) => {
-                record_error(&shared, e.to_string()).await;
-                continue;
-            }
-            Err(_) => continue,
+        let Some(event) = events.recv().await else {
+            bail!("the {source_name} source stopped before its first sync");
         };
-        if fp == last {
+        let problem = match event {
+            SourceEvent::Unavailable(why) => why,
+            e => {
+                store.apply(e);
+                if !store.synced() || !events.is_empty() {
+                    continue;
+                }
+                match ClusterView::build(&store.manifests(), &config.node) {
+                    Ok(view) => match view.local.pod_cidr {
+                        Some(cidr) => return Ok((view, cidr)),
+                        None => format!("Node/{} has no podCIDR", config.node),
+                    },
+                    Err(e) => e.to_string(),
+                }
+            }
+        };
+        if config.datastore == Datastore::File {
+            bail!("loading cluster state from {source_name}: {problem}");
+        }
+        if problem != last_problem {
+            tracing::warn!(source = source_name, problem = %problem, "waiting for the cluster state");
+            last_problem = problem;
+        }
+    }
+}
+
+/// Applies the source's events for as long as the agent runs: gathers what arrives
+/// within [`source::DEBOUNCE`] of a change, then compiles and installs the new view.
+async fn follow<N: Netlink>(
+    shared: Arc<Mutex<Shared<N>>>,
+    node: String,
+    mut store: ObjectStore,
+    mut events: tokio::sync::mpsc::Receiver<SourceEvent>,
+) {
+    while let Some(event) = events.recv().await {
+        let mut changed = note_availability(&shared, &event).await | store.apply(event);
+        let deadline = tokio::time::Instant::now() + source::DEBOUNCE;
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.recv()).await {
+            changed |= note_availability(&shared, &event).await | store.apply(event);
+        }
+        if !changed || !store.synced() {
             continue;
         }
-        last = fp;
-        let path = config.cluster.clone();
-        let view = tokio::task::spawn_blocking(move || load_view(&path, &node)).await;
+        let manifests = store.manifests();
+        let node = node.clone();
+        let view = tokio::task::spawn_blocking(move || ClusterView::build(&manifests, &node)).await;
         match view {
-            Ok(Ok(view)) => {
-                let mut s = shared.lock().await;
-                if let Err(e) = s.pods.sync_host_routes(&remote_cidrs(&view)).await {
-                    tracing::error!(error = %e, "updating routes to other nodes");
-                }
-                s.pods.set_remote_nodes(remote_nodes(&view));
-                if view.local.pod_cidr != Some(s.pods.ipam().cidr()) {
-                    tracing::warn!(
-                        new = ?view.local.pod_cidr,
-                        in_use = %s.pods.ipam().cidr(),
-                        "node podCIDR changed; it takes effect when the agent restarts with no pods"
-                    );
-                }
-                s.cluster.view = view;
-                s.cluster.generation += 1;
-                s.cluster.last_error = None;
-                s.cluster.loaded_at = SystemTime::now();
-                tracing::info!(generation = s.cluster.generation, "cluster state reloaded");
-                s.enforce().await;
-            }
+            Ok(Ok(view)) => install_view(&shared, view).await,
             Ok(Err(e)) => record_error(&shared, e.to_string()).await,
             Err(_) => {}
         }
     }
+}
+
+/// Records a source's loss or return in the status; never changes forwarding.
+async fn note_availability<N: Netlink>(
+    shared: &Arc<Mutex<Shared<N>>>,
+    event: &SourceEvent,
+) -> bool {
+    match event {
+        SourceEvent::Unavailable(why) => {
+            let mut s = shared.lock().await;
+            if s.cluster.unavailable.as_ref().map(|(_, w)| w) != Some(why) {
+                tracing::error!(reason = %why, "cluster state source unavailable; keeping the last good state");
+                let since = s
+                    .cluster
+                    .unavailable
+                    .as_ref()
+                    .map_or(SystemTime::now(), |(t, _)| *t);
+                s.cluster.unavailable = Some((since, why.clone()));
+            }
+        }
+        SourceEvent::Available => {
+            let mut s = shared.lock().await;
+            if s.cluster.unavailable.take().is_some() {
+                tracing::info!("cluster state source available again");
+            }
+        }
+        _ => {}
+    }
+    false
+}
+
+async fn install_view<N: Netlink>(shared: &Arc<Mutex<Shared<N>>>, view: ClusterView) {
+    let mut s = shared.lock().await;
+    if let Err(e) = s.pods.sync_host_routes(&remote_cidrs(&view)).await {
+        tracing::error!(error = %e, "updating routes to other nodes");
+    }
+    s.pods.set_remote_nodes(remote_nodes(&view));
+    if view.local.pod_cidr != Some(s.pods.ipam().cidr()) {
+        tracing::warn!(
+            new = ?view.local.pod_cidr,
+            in_use = %s.pods.ipam().cidr(),
+            "node podCIDR changed; it takes effect when the agent restarts with no pods"
+        );
+    }
+    s.cluster.view = view;
+    s.cluster.generation += 1;
+    s.cluster.last_error = None;
+    s.cluster.loaded_at = SystemTime::now();
+    tracing::info!(generation = s.cluster.generation, "cluster state reloaded");
+    s.enforce().await;
 }
 
 async fn record_error<N: Netlink>(shared: &Arc<Mutex<Shared<N>>>, e: String) {

@@ -21,8 +21,8 @@ use crate::netlink::Netlink;
 /// The cluster state the agent runs on.
 #[derive(Debug, Clone)]
 pub struct ClusterState {
-    /// Where it comes from.
-    pub source: PathBuf,
+    /// Where it comes from (`file /etc/podwire/cluster.yaml`, …).
+    pub source: String,
     /// The last good view.
     pub view: ClusterView,
     /// How many good views have been applied (1 = the initial load).
@@ -31,6 +31,9 @@ pub struct ClusterState {
     pub last_error: Option<String>,
     /// When the last good view was applied.
     pub loaded_at: SystemTime,
+    /// Since when, and why, the source cannot be read (the last good view keeps
+    /// running meanwhile).
+    pub unavailable: Option<(SystemTime, String)>,
 }
 
 /// Everything behind the agent's lock.
@@ -127,20 +130,30 @@ impl<N: Netlink> Shared<N> {
         let c = &self.cluster;
         let v = &c.view;
         let mut lines = Vec::new();
-        match &c.last_error {
-            None => lines.push(line(
+        match (&c.unavailable, &c.last_error) {
+            (Some((since, why)), _) => lines.push(line(
+                "Cluster",
+                "Stale",
+                format!(
+                    "stale since {}: {why}; running generation {} from {}",
+                    crate::dataplane::flows::rfc3339(*since),
+                    c.generation,
+                    c.source
+                ),
+            )),
+            (None, None) => lines.push(line(
                 "Cluster",
                 "Ok",
                 format!(
                     "{} (generation {}): {} nodes, {} pods, {} namespaces",
-                    c.source.display(),
+                    c.source,
                     c.generation,
                     v.nodes.len(),
                     v.pod_labels.len(),
                     v.namespaces
                 ),
             )),
-            Some(e) => lines.push(line(
+            (None, Some(e)) => lines.push(line(
                 "Cluster",
                 "Warning",
                 format!(

@@ -64,7 +64,10 @@ pub struct ViewArgs {
 /// Options of `podwire agent`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
-    /// Kubernetes manifests (file or folder) describing the cluster.
+    /// Where the cluster state comes from.
+    #[arg(long, value_enum, default_value_t)]
+    pub datastore: crate::source::Datastore,
+    /// Kubernetes manifests (file or folder) describing the cluster (`--datastore file`).
     #[arg(long, default_value = "/etc/podwire/cluster.yaml")]
     pub cluster: PathBuf,
     /// This node's name (defaults to $NODE_NAME, then the hostname).
@@ -202,6 +205,7 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
             .map_err(|_| anyhow::anyhow!("hostname is not UTF-8"))?,
     };
     let config = crate::agent::daemon::AgentConfig {
+        datastore: a.datastore,
         cluster: a.cluster,
         node,
         state_dir: a.state_dir,
