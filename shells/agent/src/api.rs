@@ -41,6 +41,8 @@ pub enum Request {
         #[serde(default)]
         drops_only: bool,
     },
+    /// The node's Prometheus metrics text (`podwire metrics`).
+    Metrics,
 }
 
 /// A pod's Kubernetes identity, from `CNI_ARGS`.
@@ -97,6 +99,8 @@ pub enum Response {
     Ipam(IpamReport),
     /// Recent flow events.
     Flows(FlowReport),
+    /// Prometheus metrics text.
+    Metrics(String),
     /// The request could not be served.
     Error(String),
 }

@@ -9,7 +9,7 @@
 //! needs (node view, IPAM with its persisted state); `source/` delivers the cluster
 //! state from a datastore (file, Kubernetes API, etcd); `netlink/` configures links,
 //! addresses and routes behind a trait with a real rtnetlink implementation and a
-//! recording fake; `dataplane/` owns TAP devices and the loop that feeds frames
+//! recording fake; `observe/` serves metrics and health; `dataplane/` owns TAP devices and the loop that feeds frames
 //! through the core datapath; `agent/` ties them into the daemon; `cli/` is the
 //! command line.
 
@@ -21,4 +21,5 @@ pub mod control;
 pub mod dataplane;
 pub mod lab;
 pub mod netlink;
+pub mod observe;
 pub mod source;

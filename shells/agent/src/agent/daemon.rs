@@ -64,6 +64,10 @@ pub struct AgentConfig {
     pub conntrack_entries: usize,
     /// How long the dataplane busy-polls after traffic before sleeping (zero: never).
     pub busy_poll: Duration,
+    /// Where Prometheus metrics are served (`None`: not served).
+    pub metrics_address: Option<std::net::SocketAddr>,
+    /// Where health, readiness and metrics are served (`None`: not served).
+    pub admin_address: Option<std::net::SocketAddr>,
 }
 
 /// The other nodes with a pod CIDR and an InternalIP, numbered by their position in
@@ -213,9 +217,13 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         pods,
         socket: config.socket.clone(),
         enforcement: Default::default(),
+        recorded: Default::default(),
     }));
     // Policy and services are in force before the first CNI request is served.
     shared.lock().await.enforce().await;
+    let admin =
+        crate::observe::admin::serve(config.metrics_address, config.admin_address, shared.clone())
+            .await?;
     let reload = tokio::spawn(follow(shared.clone(), config.node.clone(), store, events));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = loop {
@@ -237,6 +245,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     };
     reload.abort();
     source_task.abort();
+    admin.abort();
     let _ = std::fs::remove_file(&config.socket);
     tracing::info!("agent stopped; pod interfaces stay in place for the next start");
     result

@@ -131,6 +131,11 @@ impl<N: Netlink> Pods<N> {
     }
 
     /// The running dataplane, if attached.
+    pub fn dataplane(&self) -> Option<&Dataplane> {
+        self.dataplane.as_ref()
+    }
+
+    /// The running dataplane, to change it.
     pub fn dataplane_mut(&mut self) -> Option<&mut Dataplane> {
         self.dataplane.as_mut()
     }

@@ -17,6 +17,7 @@ use crate::cni::env::Command;
 use crate::cni::spec::{CniError, ErrorCode};
 use crate::control::node_view::ClusterView;
 use crate::netlink::Netlink;
+use crate::observe::metrics::{Recorded, Snapshot};
 
 /// The cluster state the agent runs on.
 #[derive(Debug, Clone)]
@@ -46,6 +47,8 @@ pub struct Shared<N: Netlink> {
     pub socket: PathBuf,
     /// What the last policy/service installation did.
     pub enforcement: crate::agent::enforce::EnforceStatus,
+    /// Metrics recorded as things happen (CNI latency).
+    pub recorded: Recorded,
 }
 
 fn line(subsystem: &str, state: &str, detail: String) -> StatusLine {
@@ -81,6 +84,7 @@ impl<N: Netlink> Shared<N> {
                 Some(dp) => Response::Flows(dp.flows().report(drops_only)),
                 None => Response::Error("no dataplane".into()),
             },
+            Request::Metrics => Response::Metrics(self.metrics()),
         }
     }
 
@@ -113,6 +117,7 @@ impl<N: Netlink> Shared<N> {
             }
             Command::Version => Ok(None),
         };
+        self.recorded.cni(req.command, started.elapsed());
         if out.is_ok() {
             tracing::info!(
                 command = ?req.command,
@@ -246,6 +251,33 @@ impl<N: Netlink> Shared<N> {
             format!("{} (mode 0600)", self.socket.display()),
         ));
         lines
+    }
+
+    /// The Prometheus metrics text: a snapshot of every counter, read now.
+    pub fn metrics(&self) -> String {
+        let mut snap = Snapshot::default();
+        if let Some(dp) = self.pods.dataplane() {
+            snap.datapath = dp.stats();
+            snap.set_tallies(dp.flows().tallies(), dp.flows().lost());
+        }
+        let ipam = self.pods.ipam();
+        snap.ipam_allocated = u64::from(ipam.allocated());
+        snap.ipam_capacity = u64::from(ipam.capacity());
+        snap.pods = ipam.attachments().count() as u64;
+        snap.cluster_generation = self.cluster.generation;
+        snap.cluster_loaded_at = Some(self.cluster.loaded_at);
+        snap.cluster_unavailable_since = self.cluster.unavailable.as_ref().map(|(t, _)| *t);
+        snap.cluster_rejected = self.cluster.last_error.is_some();
+        snap.render(&self.recorded)
+    }
+
+    /// Whether the node forwards: the dataplane's worker answers. `Err` says why not.
+    pub fn ready(&self) -> Result<(), String> {
+        match self.pods.dataplane_stats() {
+            None => Err("no dataplane".into()),
+            Some(None) => Err("the dataplane worker did not answer".into()),
+            Some(Some(_)) => Ok(()),
+        }
     }
 
     /// `podwire routes`.

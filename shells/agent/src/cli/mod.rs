@@ -105,6 +105,25 @@ pub struct AgentArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Where to serve Prometheus metrics (`/metrics`), or `off`.
+    #[arg(long, default_value = "0.0.0.0:9402", value_parser = parse_listen_address)]
+    pub metrics_address: ListenAddress,
+    /// Where to serve `/healthz`, `/readyz` and `/metrics`, or `off`.
+    #[arg(long, default_value = "127.0.0.1:9403", value_parser = parse_listen_address)]
+    pub admin_address: ListenAddress,
+}
+
+/// A TCP listen address, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddress(pub Option<std::net::SocketAddr>);
+
+fn parse_listen_address(s: &str) -> Result<ListenAddress, String> {
+    if s == "off" {
+        return Ok(ListenAddress(None));
+    }
+    s.parse()
+        .map(|a| ListenAddress(Some(a)))
+        .map_err(|_| format!("{s:?} is not an address:port (e.g. 0.0.0.0:9402) or `off`"))
 }
 
 /// Commands.
@@ -137,6 +156,15 @@ pub enum Command {
         #[command(flatten)]
         view: ViewArgs,
     },
+    /// A node's Prometheus metrics, as Prometheus would scrape them.
+    Metrics {
+        /// A node of the running lab (its agent's socket is found in the lab's state).
+        #[arg(long)]
+        node: Option<String>,
+        /// The agent's socket (when no `--node` is given).
+        #[arg(long, default_value = crate::cni::spec::DEFAULT_SOCKET, env = "PODWIRE_SOCKET")]
+        socket: PathBuf,
+    },
     /// Install the CNI conflist and plugin binary (as a DaemonSet init container does).
     InstallCni {
         /// CNI configuration directory.
@@ -157,8 +185,10 @@ pub enum Command {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal, never into a log file or a pipe.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -178,6 +208,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ipam(v) => show::ipam(&v)?,
         Command::Drops(v) => show::flows(&v, true)?,
         Command::Flows { drops, view } => show::flows(&view, drops)?,
+        Command::Metrics { node, socket } => show::metrics(node.as_deref(), socket)?,
         Command::InstallCni {
             conf_dir,
             bin_dir,
@@ -217,6 +248,8 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         vni: Vni::new(a.vxlan_vni).unwrap_or(Vni::DEFAULT),
         conntrack_entries: a.conntrack_entries,
         busy_poll: Duration::from_micros(a.busy_poll_us),
+        metrics_address: a.metrics_address.0,
+        admin_address: a.admin_address.0,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -200,3 +200,21 @@ pub fn flow_table(r: &api::FlowReport, drops_only: bool) -> String {
     }
     s
 }
+
+/// `podwire metrics`: the metrics of the local agent, or of a lab node's, in the
+/// Prometheus text format.
+pub fn metrics(node: Option<&str>, socket: std::path::PathBuf) -> Result<()> {
+    let socket = match node {
+        None => socket,
+        Some(n) => {
+            let lab = crate::lab::Lab::load(std::path::Path::new(crate::lab::DEFAULT_RUN_DIR))?;
+            lab.node(n)?;
+            lab.socket(n)
+        }
+    };
+    match api::call(&socket, &Request::Metrics, Duration::from_secs(10))? {
+        Response::Metrics(text) => print(crate::observe::metrics::to_text_format(&text)),
+        Response::Error(e) => bail!("agent: {e}"),
+        _ => bail!("unexpected response"),
+    }
+}

@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -45,11 +46,52 @@ struct Inner {
     drops: VecDeque<FlowRow>,
 }
 
+/// Running totals of every event drained, for the metrics (the log itself is
+/// bounded, the totals are not).
+#[derive(Debug, Default)]
+pub struct Tallies {
+    /// Events by outcome: delivered, encapsulated, rejected, dropped.
+    pub outcomes: [AtomicU64; 4],
+    /// Policy verdicts by direction (egress, ingress) and kind (not isolated,
+    /// allowed by a rule, denied).
+    pub policy: [[AtomicU64; 3]; 2],
+}
+
+impl Tallies {
+    /// The outcome labels, in the order of [`Tallies::outcomes`].
+    pub const OUTCOMES: [&'static str; 4] = ["delivered", "encapsulated", "rejected", "dropped"];
+    /// The direction labels, in the order of [`Tallies::policy`].
+    pub const DIRECTIONS: [&'static str; 2] = ["egress", "ingress"];
+    /// The verdict labels, in the order of [`Tallies::policy`]'s inner arrays.
+    pub const VERDICTS: [&'static str; 3] = ["not_isolated", "allowed", "denied"];
+
+    fn count(&self, e: &FlowEvent) {
+        let outcome = match e.outcome {
+            EventOutcome::Delivered(_) => 0,
+            EventOutcome::Encapsulated(_) => 1,
+            EventOutcome::Rejected => 2,
+            EventOutcome::Dropped(_) => 3,
+        };
+        self.outcomes[outcome].fetch_add(1, Ordering::Relaxed);
+        if let Some(v) = e.policy {
+            for (d, verdict) in [v.egress, v.ingress].into_iter().enumerate() {
+                let k = match verdict {
+                    Verdict::Allow(AllowReason::NotIsolated) => 0,
+                    Verdict::Allow(_) => 1,
+                    Verdict::Deny(_) => 2,
+                };
+                self.policy[d][k].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// The shared log.
 #[derive(Debug, Clone, Default)]
 pub struct FlowLog {
     inner: Arc<Mutex<Inner>>,
-    lost: Arc<std::sync::atomic::AtomicU64>,
+    lost: Arc<AtomicU64>,
+    tallies: Arc<Tallies>,
 }
 
 fn protocol_name(p: u8) -> String {
@@ -101,6 +143,7 @@ impl FlowLog {
 
     /// Turns one event into a row and keeps it.
     pub fn record(&self, event: &FlowEvent, at: SystemTime) {
+        self.tallies.count(event);
         let Ok(mut g) = self.inner.lock() else {
             return;
         };
@@ -110,6 +153,16 @@ impl FlowLog {
         if dropped {
             push(&mut g.drops, row);
         }
+    }
+
+    /// The totals of every event recorded.
+    pub fn tallies(&self) -> &Tallies {
+        &self.tallies
+    }
+
+    /// Events the datapath could not hand over, as last read from it.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
 
     /// The kept rows, oldest first.

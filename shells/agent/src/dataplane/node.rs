@@ -259,6 +259,19 @@ pub struct Stats {
     pub drops: Vec<(&'static str, u64)>,
     /// The worker's frame counters.
     pub worker: worker::Counters,
+    /// Connection tracking: live entries, capacity, event counters.
+    pub conntrack: ConntrackStats,
+}
+
+/// Connection tracking's occupancy and counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConntrackStats {
+    /// Live connections.
+    pub entries: usize,
+    /// Connections the table can hold.
+    pub capacity: usize,
+    /// Inserts, hits, evictions, refusals, expirations.
+    pub counters: podwire_core::conntrack::Counters,
 }
 
 /// The running dataplane: a worker thread owning the node's datapath.
@@ -487,6 +500,11 @@ impl Dataplane {
                     .map(|(r, n)| (r.name(), n))
                     .collect(),
                 worker: Default::default(),
+                conntrack: ConntrackStats {
+                    entries: dp.tables().conntrack.len(),
+                    capacity: dp.tables().conntrack.capacity(),
+                    counters: *dp.tables().conntrack.counters(),
+                },
             });
         });
         rx.recv_timeout(Duration::from_secs(1)).ok()
