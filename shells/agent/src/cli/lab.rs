@@ -26,7 +26,7 @@ pub struct UpArgs {
     #[arg(long)]
     pub busy_poll_us: Option<u64>,
     /// A lab spec (YAML: nodes, podsPerNode, underlayMtu, underlayCidr, clusterCidr,
-    /// busyPollUs); the options above override it.
+    /// busyPollUs, manifests); the options above override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -58,8 +58,41 @@ impl UpArgs {
 pub enum LabCommand {
     /// Build a lab: an underlay bridge, nodes with agents, pods via podwire-cni.
     Up(UpArgs),
-    /// Nodes (agent health) and pods (IPs) of the lab.
-    Status,
+    /// Nodes (agent health), pods (IPs, labels) and services of the lab.
+    Status {
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: crate::cli::OutputFormat,
+    },
+    /// Create or change Namespaces, Pods (with `spec.nodeName`), Services and
+    /// NetworkPolicies in the running lab, as kubectl apply does.
+    Apply {
+        /// A manifest file or folder (YAML or JSON).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Delete the objects a manifest names from the running lab.
+    Delete {
+        /// A manifest file or folder (YAML or JSON).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// The server a lab pod runs on its container ports (started by the lab).
+    #[command(hide = true)]
+    Serve {
+        /// The lab's run directory (so `lab down` finds this process).
+        #[arg(long)]
+        run_dir: PathBuf,
+        /// The pod, `namespace/name`.
+        #[arg(long)]
+        pod: String,
+        /// TCP ports.
+        #[arg(long)]
+        tcp: Vec<u16>,
+        /// UDP ports.
+        #[arg(long)]
+        udp: Vec<u16>,
+    },
     /// Run a command inside a pod's network namespace: lab exec default/node1-pod1 -- ping 10.244.2.2
     Exec {
         /// The pod (`namespace/name` or `name`).
@@ -105,9 +138,30 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
                 }
             }
         }
-        LabCommand::Status => {
+        LabCommand::Status { output } => {
             let lab = Lab::load(&paths.run_dir)?;
-            print!("{}", lab::status_table(&lab));
+            let text = crate::cli::output::render(output, &lab::status(&lab), |_| {
+                lab::status_table(&lab)
+            })?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Apply { file } => {
+            let mut lab = Lab::load(&paths.run_dir)?;
+            for line in lab.apply(&file)? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Delete { file } => {
+            let mut lab = Lab::load(&paths.run_dir)?;
+            for line in lab.delete(&file)? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Serve { pod, tcp, udp, .. } => {
+            lab::serve::run(&pod, &tcp, &udp)?;
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Exec { pod, command } => {

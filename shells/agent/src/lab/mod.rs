@@ -13,7 +13,10 @@
 //! complete or not. Tests build labs with a random prefix and run directory; the CLI
 //! uses the fixed ones ([`DEFAULT_PREFIX`], [`DEFAULT_RUN_DIR`]).
 
+pub mod apply;
 pub mod demo;
+pub mod objects;
+pub mod serve;
 pub mod topology;
 pub mod traffic;
 
@@ -58,6 +61,9 @@ pub struct LabSpec {
     pub cluster_cidr: String,
     /// The agents' `--busy-poll-us` (0: off).
     pub busy_poll_us: u64,
+    /// Manifest files or folders applied once the lab is up, as `lab apply` would
+    /// (Namespaces, Pods with `spec.nodeName`, Services, NetworkPolicies).
+    pub manifests: Vec<PathBuf>,
 }
 
 impl Default for LabSpec {
@@ -69,16 +75,24 @@ impl Default for LabSpec {
             underlay_cidr: "172.30.0.0/24".into(),
             cluster_cidr: "10.244.0.0/16".into(),
             busy_poll_us: 0,
+            manifests: Vec::new(),
         }
     }
 }
 
 impl LabSpec {
-    /// Reads a spec from a YAML file (`nodes`, `podsPerNode`, `underlayMtu`, ...).
+    /// Reads a spec from a YAML file (`nodes`, `podsPerNode`, `underlayMtu`, ...);
+    /// `manifests` paths are relative to the file's folder.
     pub fn from_file(path: &Path) -> Result<LabSpec> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        let mut spec: LabSpec =
+            serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for m in &mut spec.manifests {
+            *m = base.join(&*m);
+        }
+        Ok(spec)
     }
 
     fn validate(&self) -> Result<()> {
@@ -196,6 +210,19 @@ pub struct LabPod {
     pub netns: String,
     /// The IP the CNI ADD returned.
     pub ip: Ipv4Addr,
+    /// Its containers' ports (a pod applied from a manifest serves them).
+    #[serde(default)]
+    pub ports: Vec<objects::PodPort>,
+    /// `spec.hostname`.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// `spec.subdomain`: with a hostname, the pod's record under the headless
+    /// service of that name.
+    #[serde(default)]
+    pub subdomain: Option<String>,
+    /// The pid of the lab server answering on its ports (0: none).
+    #[serde(default)]
+    pub server_pid: u32,
 }
 
 /// A lab: what was built (persisted in `state.json`).
@@ -214,6 +241,9 @@ pub struct Lab {
     /// Extra manifests appended to the cluster state (e.g. foreign nodes).
     #[serde(default)]
     pub extra_manifests: String,
+    /// Namespaces, Services and NetworkPolicies applied with `lab apply`.
+    #[serde(default)]
+    pub objects: objects::LabObjects,
 }
 
 fn progress(verbose: bool, msg: &str) {
@@ -251,6 +281,7 @@ impl Lab {
             nodes: Vec::new(),
             pods: Vec::new(),
             extra_manifests: String::new(),
+            objects: Default::default(),
         };
         lab.save()?;
         let t0 = Instant::now();
@@ -306,6 +337,14 @@ impl Lab {
                     verbose,
                     &format!("pod {POD_NAMESPACE}/{} on {}: {}", pod.name, n.name, pod.ip),
                 );
+            }
+        }
+        for m in lab.spec.manifests.clone() {
+            for line in lab
+                .apply(&m)
+                .with_context(|| format!("applying {}", m.display()))?
+            {
+                progress(verbose, &line);
             }
         }
         progress(
@@ -402,6 +441,16 @@ impl Lab {
     /// `status.podIPs`, so every agent knows every pod's address and labels, as the
     /// API server tells a real node), then the extras.
     pub fn write_manifests(&self) -> Result<()> {
+        let y = self.manifests_text()?;
+        let p = self.manifests_file();
+        let tmp = p.with_extension("yaml.tmp");
+        std::fs::write(&tmp, y)?;
+        std::fs::rename(&tmp, &p)?;
+        Ok(())
+    }
+
+    /// The cluster state [`Lab::write_manifests`] writes.
+    pub fn manifests_text(&self) -> Result<String> {
         let mut y = String::new();
         for n in self.nodes.iter().filter(|n| n.listed) {
             y.push_str(&format!(
@@ -410,8 +459,11 @@ impl Lab {
                 n.name, n.pod_cidr, n.ip
             ));
         }
+        // Namespaces the pods use but nobody applied exist anyway, as kubectl's
+        // namespace of a pod must.
         let namespaces: BTreeSet<&str> = std::iter::once(POD_NAMESPACE)
             .chain(self.pods.iter().map(|p| p.namespace.as_str()))
+            .filter(|ns| !self.objects.namespaces.contains_key(*ns))
             .collect();
         for (i, ns) in namespaces.iter().enumerate() {
             if i > 0 {
@@ -422,28 +474,19 @@ impl Lab {
             ));
         }
         for p in &self.pods {
-            // Labels as a JSON object: valid YAML flow, whatever the values are.
-            y.push_str(&format!(
-                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: {}, \
-                 labels: {}}}\nspec: {{nodeName: {}}}\n\
-                 status: {{podIP: {}, podIPs: [{{ip: {}}}]}}\n",
-                p.name,
-                p.namespace,
-                serde_json::to_string(&p.labels)?,
-                p.node,
-                p.ip,
-                p.ip
-            ));
+            y.push_str("---\n");
+            y.push_str(&pod_document(p)?);
+        }
+        let applied = self.objects.manifests(&self.pods)?;
+        if !applied.is_empty() {
+            y.push_str("---\n");
+            y.push_str(&applied);
         }
         if !self.extra_manifests.is_empty() {
             y.push_str("---\n");
             y.push_str(&self.extra_manifests);
         }
-        let p = self.manifests_file();
-        let tmp = p.with_extension("yaml.tmp");
-        std::fs::write(&tmp, y)?;
-        std::fs::rename(&tmp, &p)?;
-        Ok(())
+        Ok(y)
     }
 
     fn install_cni(&self, node: &str) -> Result<()> {
@@ -506,11 +549,7 @@ impl Lab {
     pub fn kill_agent(&mut self, node: &str) -> Result<()> {
         let pid = self.node(node)?.agent_pid;
         if pid != 0 && is_lab_agent(pid, &self.paths.run_dir) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            wait_gone(pid);
+            kill_and_wait(pid);
         }
         if let Some(m) = self.nodes.iter_mut().find(|x| x.name == node) {
             m.agent_pid = 0;
@@ -590,6 +629,41 @@ impl Lab {
             format!("{}-{namespace}-{name}", self.paths.prefix)
         };
         add_netns(&netns)?;
+        let result = self.cni(node, "ADD", &netns, namespace, name)?;
+        let ip: Ipv4Addr = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("no IP in the ADD result {result}"))?;
+        let pod = LabPod {
+            name: name.into(),
+            namespace: namespace.into(),
+            labels,
+            node: n.name,
+            netns,
+            ip,
+            ports: Vec::new(),
+            hostname: None,
+            subdomain: None,
+            server_pid: 0,
+        };
+        self.pods.push(pod.clone());
+        self.save()?;
+        self.write_manifests()?;
+        Ok(pod)
+    }
+
+    /// Runs `podwire-cni <command>` for pod `namespace/name` in `netns` on `node` as
+    /// a runtime would: the CNI environment, the conflist's plugin config on stdin.
+    /// The result (ADD) or `null`.
+    fn cni(
+        &self,
+        node: &str,
+        command: &str,
+        netns: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<serde_json::Value> {
         let dir = self.node_dir(node);
         let conflist: serde_json::Value = serde_json::from_slice(&std::fs::read(
             dir.join("net.d").join(crate::cni::install::CONFLIST_NAME),
@@ -598,9 +672,9 @@ impl Lab {
         let mut child = Command::new(dir.join("bin").join(crate::cni::install::PLUGIN_TYPE))
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("CNI_COMMAND", "ADD")
+            .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", format!("lab-{name}"))
-            .env("CNI_NETNS", topology::netns_path(&netns))
+            .env("CNI_NETNS", topology::netns_path(netns))
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", dir.join("bin"))
             .env(
@@ -619,28 +693,14 @@ impl Lab {
         let out = child.wait_with_output()?;
         if !out.status.success() {
             bail!(
-                "podwire-cni ADD of {name} on {node}: {}",
+                "podwire-cni {command} of {namespace}/{name} on {node}: {}",
                 String::from_utf8_lossy(&out.stdout)
             );
         }
-        let result: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        let ip: Ipv4Addr = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .with_context(|| format!("no IP in the ADD result {result}"))?;
-        let pod = LabPod {
-            name: name.into(),
-            namespace: namespace.into(),
-            labels,
-            node: n.name,
-            netns,
-            ip,
-        };
-        self.pods.push(pod.clone());
-        self.save()?;
-        self.write_manifests()?;
-        Ok(pod)
+        if out.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Ok(serde_json::Value::Null);
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
     }
 
     /// Lists or unlists a node in the cluster state (the agents apply it live).
@@ -676,6 +736,40 @@ impl Lab {
     }
 }
 
+/// A lab pod as the API server would list it (JSON, which is YAML): labels, node,
+/// hostname and subdomain, container ports, and the IP its CNI ADD returned.
+fn pod_document(p: &LabPod) -> Result<String> {
+    let ports: Vec<serde_json::Value> = p
+        .ports
+        .iter()
+        .map(|c| {
+            let mut v = serde_json::json!({"containerPort": c.port, "protocol": c.protocol});
+            if !c.name.is_empty() {
+                v["name"] = c.name.clone().into();
+            }
+            v
+        })
+        .collect();
+    let mut spec = serde_json::json!({
+        "nodeName": p.node,
+        "containers": [{"name": "main", "image": "lab", "ports": ports}],
+    });
+    if let Some(h) = &p.hostname {
+        spec["hostname"] = h.clone().into();
+    }
+    if let Some(d) = &p.subdomain {
+        spec["subdomain"] = d.clone().into();
+    }
+    let doc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": p.name, "namespace": p.namespace, "labels": p.labels},
+        "spec": spec,
+        "status": {"podIP": p.ip.to_string(), "podIPs": [{"ip": p.ip.to_string()}]},
+    });
+    Ok(format!("{doc}\n"))
+}
+
 fn wait_gone(pid: u32) {
     for _ in 0..200 {
         if !Path::new(&format!("/proc/{pid}")).exists() {
@@ -696,13 +790,28 @@ fn wait_gone(pid: u32) {
 
 /// Whether `pid` is a `podwire agent` of the lab in `run_dir`.
 fn is_lab_agent(pid: u32, run_dir: &Path) -> bool {
+    is_lab_process(pid, run_dir, "agent")
+}
+
+/// Whether `pid` is a `podwire` process of the lab in `run_dir` with the argument
+/// `role` (`agent`, or `serve` for a pod's server).
+fn is_lab_process(pid: u32, run_dir: &Path, role: &str) -> bool {
     let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
     let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
     let run = run_dir.as_os_str().as_encoded_bytes();
-    args.iter().any(|a| *a == b"agent")
+    args.contains(&role.as_bytes())
         && args.iter().any(|a| a.windows(run.len()).any(|w| w == run))
+}
+
+/// SIGKILL, then wait until the process is gone.
+fn kill_and_wait(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    wait_gone(pid);
 }
 
 /// Removes everything of the lab with namespace `prefix` and `run_dir`, also after
@@ -716,13 +825,14 @@ pub fn down(prefix: &str, run_dir: &Path) -> Vec<String> {
             let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            if pid != std::process::id() && is_lab_agent(pid, run_dir) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                wait_gone(pid);
-                removed.push(format!("agent pid {pid}"));
+            if pid == std::process::id() {
+                continue;
+            }
+            for role in ["agent", "serve"] {
+                if is_lab_process(pid, run_dir, role) {
+                    kill_and_wait(pid);
+                    removed.push(format!("{role} pid {pid}"));
+                }
             }
         }
     }
@@ -737,8 +847,147 @@ pub fn down(prefix: &str, run_dir: &Path) -> Vec<String> {
     removed
 }
 
-/// The lab's status: nodes with their agent's health, pods with their IPs.
+/// A node in `lab status`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// Node name.
+    pub name: String,
+    /// Its namespace.
+    pub netns: String,
+    /// Its InternalIP.
+    pub internal_ip: Ipv4Addr,
+    /// Its pod CIDR.
+    pub pod_cidr: ipnet::Ipv4Net,
+    /// `running (pid N)`, `not answering (pid N)` or `stopped`.
+    pub agent: String,
+}
+
+/// A pod in `lab status`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    /// Its Kubernetes namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its node.
+    pub node: String,
+    /// Its IP.
+    pub ip: Ipv4Addr,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its network namespace.
+    pub netns: String,
+}
+
+/// A Service in `lab status`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// `ClusterIP`, `NodePort`, `LoadBalancer` or `ExternalName`.
+    pub r#type: String,
+    /// Its ClusterIP (`None` for a headless service, empty for ExternalName).
+    pub cluster_ip: String,
+    /// `port/protocol` of each port.
+    pub ports: Vec<String>,
+    /// Endpoints the lab's controller listed.
+    pub endpoints: usize,
+}
+
+/// `podwire lab status`: nodes with their agent's health, pods, services.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabStatus {
+    /// Nodes.
+    pub nodes: Vec<NodeStatus>,
+    /// Pods.
+    pub pods: Vec<PodStatus>,
+    /// Services.
+    pub services: Vec<ServiceStatus>,
+}
+
+/// The lab's status, asking each agent whether it answers.
+pub fn status(lab: &Lab) -> LabStatus {
+    let nodes = lab
+        .nodes
+        .iter()
+        .map(|n| NodeStatus {
+            name: n.name.clone(),
+            netns: n.netns.clone(),
+            internal_ip: n.ip,
+            pod_cidr: n.pod_cidr,
+            agent: if n.agent_pid != 0 && is_lab_agent(n.agent_pid, &lab.paths.run_dir) {
+                match lab.podwire(&n.name, &["status"]) {
+                    Ok(_) => format!("running (pid {})", n.agent_pid),
+                    Err(_) => format!("not answering (pid {})", n.agent_pid),
+                }
+            } else {
+                "stopped".into()
+            },
+        })
+        .collect();
+    let pods = lab
+        .pods
+        .iter()
+        .map(|p| PodStatus {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            node: p.node.clone(),
+            ip: p.ip,
+            labels: p.labels.clone(),
+            netns: p.netns.clone(),
+        })
+        .collect();
+    let slices = lab.objects.endpoint_slices(&lab.pods);
+    let services = lab
+        .objects
+        .services
+        .values()
+        .map(|svc| {
+            let spec = svc.spec.clone().unwrap_or_default();
+            let name = svc.metadata.name.clone().unwrap_or_default();
+            let namespace = svc.metadata.namespace.clone().unwrap_or_default();
+            let endpoints = slices
+                .iter()
+                .filter(|s| s.metadata.namespace.as_deref() == Some(namespace.as_str()))
+                .filter(|s| {
+                    s.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("kubernetes.io/service-name"))
+                        == Some(&name)
+                })
+                .map(|s| s.endpoints.as_ref().map_or(0, Vec::len))
+                .sum();
+            ServiceStatus {
+                r#type: spec.type_.clone().unwrap_or_else(|| "ClusterIP".into()),
+                cluster_ip: spec.cluster_ip.clone().unwrap_or_default(),
+                ports: spec
+                    .ports
+                    .iter()
+                    .flatten()
+                    .map(|p| format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP")))
+                    .collect(),
+                endpoints,
+                name,
+                namespace,
+            }
+        })
+        .collect();
+    LabStatus {
+        nodes,
+        pods,
+        services,
+    }
+}
+
+/// The lab's status as tables: nodes, pods, and services when there are any.
 pub fn status_table(lab: &Lab) -> String {
+    let st = status(lab);
     let mut rows = vec![vec![
         "NODE".to_string(),
         "NETNS".into(),
@@ -746,21 +995,13 @@ pub fn status_table(lab: &Lab) -> String {
         "POD-CIDR".into(),
         "AGENT".into(),
     ]];
-    for n in &lab.nodes {
-        let agent = if n.agent_pid != 0 && is_lab_agent(n.agent_pid, &lab.paths.run_dir) {
-            match lab.podwire(&n.name, &["status"]) {
-                Ok(_) => format!("running (pid {})", n.agent_pid),
-                Err(_) => format!("not answering (pid {})", n.agent_pid),
-            }
-        } else {
-            "stopped".into()
-        };
+    for n in &st.nodes {
         rows.push(vec![
             n.name.clone(),
             n.netns.clone(),
-            n.ip.to_string(),
+            n.internal_ip.to_string(),
             n.pod_cidr.to_string(),
-            agent,
+            n.agent.clone(),
         ]);
     }
     let mut out = table(&rows);
@@ -771,7 +1012,7 @@ pub fn status_table(lab: &Lab) -> String {
         "IP".into(),
         "NETNS".into(),
     ]];
-    for p in &lab.pods {
+    for p in &st.pods {
         rows.push(vec![
             format!("{}/{}", p.namespace, p.name),
             p.node.clone(),
@@ -780,6 +1021,26 @@ pub fn status_table(lab: &Lab) -> String {
         ]);
     }
     out.push_str(&table(&rows));
+    if !st.services.is_empty() {
+        out.push('\n');
+        let mut rows = vec![vec![
+            "SERVICE".to_string(),
+            "TYPE".into(),
+            "CLUSTER-IP".into(),
+            "PORTS".into(),
+            "ENDPOINTS".into(),
+        ]];
+        for s in &st.services {
+            rows.push(vec![
+                format!("{}/{}", s.namespace, s.name),
+                s.r#type.clone(),
+                s.cluster_ip.clone(),
+                s.ports.join(","),
+                s.endpoints.to_string(),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
     out
 }
 
@@ -876,6 +1137,10 @@ mod tests {
             node: node.into(),
             netns: format!("x-{name}"),
             ip: ip.into(),
+            ports: Vec::new(),
+            hostname: None,
+            subdomain: None,
+            server_pid: 0,
         };
         let mut lab = Lab {
             paths: LabPaths {
@@ -907,6 +1172,7 @@ mod tests {
                 pod("c", "team-a", "node2", [10, 244, 2, 2], &[("role", "a: b")]),
             ],
             extra_manifests: String::new(),
+            objects: Default::default(),
         };
         lab.save().unwrap();
         lab.set_pod_labels(
