@@ -172,7 +172,10 @@ fn default_deny_and_allow_across_and_within_nodes_with_live_policy_and_label_cha
     let yaml = std::fs::read_to_string(lab.manifests_file()).unwrap();
     for p in [&web, &client1, &other1, &client2, &other2] {
         assert!(
-            yaml.contains(&format!("podIP: {}, podIPs: [{{ip: {}}}]", p.ip, p.ip)),
+            yaml.contains(&format!(
+                r#""podIP":"{}","podIPs":[{{"ip":"{}"}}]"#,
+                p.ip, p.ip
+            )),
             "{} not listed with its IP:\n{yaml}",
             p.name
         );

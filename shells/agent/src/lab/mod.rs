@@ -801,8 +801,7 @@ fn is_lab_process(pid: u32, run_dir: &Path, role: &str) -> bool {
     };
     let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
     let run = run_dir.as_os_str().as_encoded_bytes();
-    args.contains(&role.as_bytes())
-        && args.iter().any(|a| a.windows(run.len()).any(|w| w == run))
+    args.contains(&role.as_bytes()) && args.iter().any(|a| a.windows(run.len()).any(|w| w == run))
 }
 
 /// SIGKILL, then wait until the process is gone.
