@@ -253,7 +253,7 @@ fn bad_input_returns_the_spec_error_json() {
     assert_eq!(e["code"], 7);
     assert!(e["details"].as_str().unwrap().contains("name"), "{e}");
     let mut conf = c.net_conf();
-    conf["cniVersion"] = json!("0.3.1");
+    conf["cniVersion"] = json!("0.2.0");
     let e = err(&conf.to_string());
     assert_eq!(e["code"], 1);
     // Missing environment variables are named (code 4).
@@ -279,7 +279,7 @@ fn bad_input_returns_the_spec_error_json() {
     assert_eq!(o.code, 0);
     assert_eq!(
         o.json()["supportedVersions"],
-        json!(["0.4.0", "1.0.0", "1.1.0"])
+        json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
     );
     // Nothing was allocated by the failures.
     assert_eq!(c.view_json("ipam")["allocated"], 0);
