@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod lab;
+pub mod runtime;
 
 use std::fs::File;
 use std::io::{Read, Write};
