@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use common::*;
+use podwire_agent::cni::spec::Version;
 use serde_json::{json, Value};
 
 fn eth0(netns: &str) -> Value {
@@ -202,6 +203,49 @@ fn check_reports_a_removed_address() {
         e["msg"].as_str().unwrap().contains(&format!("{ip}/24")),
         "{e}"
     );
+}
+
+/// Every supported version through the real plugin and agent: the result in that
+/// version's shape, CHECK from 0.4.0 on (refused before, as the spec's error 1).
+#[test]
+fn add_check_del_in_every_supported_version() {
+    if !can_run() {
+        return;
+    }
+    let c = Cluster::start();
+    for version in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+        let id = format!("v{}", version.replace('.', ""));
+        let mut conf = c.net_conf();
+        conf["cniVersion"] = json!(version);
+        let netns = c.ns.create("pod");
+        let add = c.cni("ADD", &id, Some(&netns), &conf.to_string());
+        assert_eq!(add.code, 0, "{version}: {}", add.stdout);
+        let j = add.json();
+        assert_eq!(j["cniVersion"], version);
+        let v = Version::parse(version).unwrap();
+        let old = v < Version::V1_0_0;
+        assert_eq!(j["ips"][0].get("version").is_some(), old, "{version}: {j}");
+        if old {
+            assert_eq!(j["ips"][0]["version"], "4");
+        }
+        assert_eq!(j["ips"][0]["interface"], 0, "{version}");
+        assert_eq!(j["interfaces"][0]["sandbox"], netns_path(&netns));
+        assert_eq!(
+            j["interfaces"][0].get("mtu").is_some(),
+            v >= Version::V1_1_0
+        );
+        conf["prevResult"] = j.clone();
+        let check = c.cni("CHECK", &id, Some(&netns), &conf.to_string());
+        if v < Version::V0_4_0 {
+            assert_eq!((check.code, check.json()["code"].clone()), (1, json!(1)));
+            assert_eq!(check.json()["cniVersion"], version);
+        } else {
+            assert_eq!((check.code, check.stdout.as_str()), (0, ""), "{version}");
+        }
+        let del = c.cni("DEL", &id, Some(&netns), &conf.to_string());
+        assert_eq!((del.code, del.stdout.as_str()), (0, ""), "{version}");
+    }
+    assert_eq!(c.view_json("ipam")["allocated"], 0);
 }
 
 #[test]

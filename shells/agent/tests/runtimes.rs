@@ -276,8 +276,22 @@ fn containerd_ctr_run_cni_reaches_podman_across_nodes_survives_a_restart_and_del
     );
 
     // containerd restarts: the detached container keeps its address and stays
-    // reachable from the node and across nodes.
+    // reachable from the node and across nodes. A foreground `ctr run` loses its
+    // task stream and DELs its container, which keeps running: the agent removes
+    // eth0 from the live netns and frees the address.
+    let fg2 = format!("fg2-{s}");
+    let fg2_ip = ctd.run_foreground(&fg2, &rootfs, &["sleep".into(), "3600".into()]);
+    let fg2_cni = Containerd::cni_container_id(&fg2);
+    assert_eq!(allocated_ip(&lab, "node1", &fg2_cni), Some(fg2_ip));
     ctd.restart();
+    assert!(ctd.wait_foreground(&fg2), "ctr run {fg2} kept running");
+    wait_for("fg2's address to be freed", || {
+        allocated_ip(&lab, "node1", &fg2_cni).is_none()
+    });
+    let links = ctd
+        .exec(&fg2, &["ip", "-o", "link"].map(String::from))
+        .unwrap();
+    assert!(!links.contains("eth0"), "{links}");
     let tasks = ctd.try_ctr(&["task", "ls"]).unwrap();
     assert!(
         tasks

@@ -227,7 +227,7 @@ impl Podman {
             ids: Mutex::new(Vec::new()),
         };
         let mut import = podman.command(&["import", "-", IMAGE]);
-        let tar = Command::new("tar")
+        let mut tar = Command::new("tar")
             .arg("-C")
             .arg(rootfs)
             .args(["-c", "."])
@@ -235,9 +235,10 @@ impl Podman {
             .spawn()
             .unwrap();
         let out = import
-            .stdin(tar.stdout.unwrap())
+            .stdin(tar.stdout.take().unwrap())
             .output()
             .expect("podman import");
+        assert!(tar.wait().unwrap().success(), "tar of {}", rootfs.display());
         assert!(
             out.status.success(),
             "podman import: {}",
