@@ -11,7 +11,9 @@
 //! cgroupfs), storage, run root and network configuration directory; containerd its
 //! own root, state and socket, with the CRI plugin disabled. `ctr run --cni` reads
 //! go-cni's fixed /etc/cni/net.d and /opt/cni/bin, so every `ctr` runs in a private
-//! mount namespace where those two paths are bind mounts of the test's directories.
+//! mount namespace where those two paths are bind mounts of the test's directories
+//! (/etc/cni/net.d exists wherever Debian's podman package is installed; /opt gets a
+//! private tmpfs, so /opt/cni/bin need not exist on the machine).
 //! The one file a runtime writes elsewhere is libcni's result cache
 //! (`/var/lib/cni/results/<network>-<container id>-<ifname>`), which DEL removes; the
 //! guards remove what a failed test leaves there. Container names carry the test's
