@@ -48,22 +48,6 @@ fn allocated_ip(lab: &LabGuard, node: &str, container_id: &str) -> Option<Ipv4Ad
         .map(|a| a["ip"].as_str().unwrap().parse().unwrap())
 }
 
-/// The IPv4 address on eth0 as `ip` inside a podman container shows it.
-fn podman_eth0(podman: &Podman, name: &str) -> Ipv4Addr {
-    let out = podman
-        .exec(
-            name,
-            &["ip", "-4", "-o", "addr", "show", "dev", "eth0"].map(String::from),
-        )
-        .unwrap();
-    let word = out
-        .split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no inet on eth0 in {name}: {out}"));
-    word.split('/').next().unwrap().parse().unwrap()
-}
-
 /// Asks the whoami server at `ip` from inside a container through `exec`; returns
 /// (server name, the client address the server saw).
 fn whoami_via(
@@ -109,9 +93,9 @@ fn podman_on_two_nodes_pods_reach_each_other_chained_plugins_apply_and_rm_frees(
     // runtime recorded from the result and what the agent allocated.
     let cidr1 = lab.node("node1").unwrap().pod_cidr;
     let cidr2 = lab.node("node2").unwrap().pod_cidr;
-    let web_ip = podman_eth0(&p1, &web);
-    let client_ip = podman_eth0(&p1, &client);
-    let remote_ip = podman_eth0(&p2, &remote);
+    let web_ip = p1.eth0_ip(&web);
+    let client_ip = p1.eth0_ip(&client);
+    let remote_ip = p2.eth0_ip(&remote);
     for (ip, cidr, p, name, id, node) in [
         (web_ip, cidr1, &p1, &web, &web_id, "node1"),
         (client_ip, cidr1, &p1, &client, &client_id, "node1"),
@@ -193,7 +177,7 @@ fn podman_on_two_nodes_pods_reach_each_other_chained_plugins_apply_and_rm_frees(
         allocated_ip(&lab, "node1", &web_id).is_none()
     });
     p1.run(&["start", &web]);
-    let web_ip2 = podman_eth0(&p1, &web);
+    let web_ip2 = p1.eth0_ip(&web);
     assert_eq!(allocated_ip(&lab, "node1", &web_id), Some(web_ip2));
     assert_eq!(
         whoami_via(exec_client, web_ip2),
@@ -230,7 +214,7 @@ fn containerd_ctr_run_cni_reaches_podman_across_nodes_survives_a_restart_and_del
     let s = common::suffix();
     let (fg, bg, remote) = (format!("fg-{s}"), format!("bg-{s}"), format!("remote-{s}"));
     p2.start_container(&remote, &[], &whoami_server(&remote));
-    let remote_ip = podman_eth0(&p2, &remote);
+    let remote_ip = p2.eth0_ip(&remote);
 
     // A foreground `ctr run --cni --rm` (ctr DELs when the task exits) and a
     // detached one serving whoami.

@@ -124,6 +124,22 @@ pub fn whoami_from(netns: &str, to: SocketAddr) -> std::io::Result<(String, Stri
         .ok_or_else(|| std::io::Error::other(format!("not a whoami response: {response:?}")))
 }
 
+/// The command that shows eth0's IPv4 address inside a container (busybox `ip`).
+fn eth0_addr_command() -> Vec<String> {
+    ["ip", "-4", "-o", "addr", "show", "dev", IFNAME]
+        .map(String::from)
+        .to_vec()
+}
+
+/// The address in the output of [`eth0_addr_command`].
+fn eth0_ipv4(ip_output: &str) -> Option<Ipv4Addr> {
+    let word = ip_output
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)?;
+    word.split('/').next()?.parse().ok()
+}
+
 /// `conflist` with the reference tuning (setting [`TUNED_SYSCTL`]), portmap and
 /// bandwidth plugins chained after podwire.
 pub fn chained(conflist: &Value) -> Value {
@@ -297,6 +313,14 @@ impl Podman {
         let mut args = vec!["exec", name];
         args.extend(cmd.iter().map(String::as_str));
         self.try_run(&args)
+    }
+
+    /// The IPv4 address on eth0 inside `name`, as `ip` in the container shows it.
+    pub fn eth0_ip(&self, name: &str) -> Ipv4Addr {
+        let out = self
+            .exec(name, &eth0_addr_command())
+            .unwrap_or_else(|e| panic!("{e}"));
+        eth0_ipv4(&out).unwrap_or_else(|| panic!("no IPv4 address on eth0 in {name}: {out}"))
     }
 
     /// The address podman recorded for `name` on the podwire network (from the
@@ -534,14 +558,7 @@ impl Containerd {
 
     /// The IPv4 address on eth0 inside `id`, as `ip` in the container shows it.
     pub fn try_ip(&self, id: &str) -> Option<Ipv4Addr> {
-        let out = self
-            .exec(
-                id,
-                &["ip", "-4", "-o", "addr", "show", "dev", IFNAME].map(String::from),
-            )
-            .ok()?;
-        let word = out.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
-        word.split('/').next()?.parse().ok()
+        eth0_ipv4(&self.exec(id, &eth0_addr_command()).ok()?)
     }
 
     /// SIGKILLs the task of `id`.
