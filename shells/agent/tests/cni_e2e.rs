@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use common::*;
+use podwire_agent::cni::spec::Version;
 use serde_json::{json, Value};
 
 fn eth0(netns: &str) -> Value {
@@ -204,6 +205,49 @@ fn check_reports_a_removed_address() {
     );
 }
 
+/// Every supported version through the real plugin and agent: the result in that
+/// version's shape, CHECK from 0.4.0 on (refused before, as the spec's error 1).
+#[test]
+fn add_check_del_in_every_supported_version() {
+    if !can_run() {
+        return;
+    }
+    let c = Cluster::start();
+    for version in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+        let id = format!("v{}", version.replace('.', ""));
+        let mut conf = c.net_conf();
+        conf["cniVersion"] = json!(version);
+        let netns = c.ns.create("pod");
+        let add = c.cni("ADD", &id, Some(&netns), &conf.to_string());
+        assert_eq!(add.code, 0, "{version}: {}", add.stdout);
+        let j = add.json();
+        assert_eq!(j["cniVersion"], version);
+        let v = Version::parse(version).unwrap();
+        let old = v < Version::V1_0_0;
+        assert_eq!(j["ips"][0].get("version").is_some(), old, "{version}: {j}");
+        if old {
+            assert_eq!(j["ips"][0]["version"], "4");
+        }
+        assert_eq!(j["ips"][0]["interface"], 0, "{version}");
+        assert_eq!(j["interfaces"][0]["sandbox"], netns_path(&netns));
+        assert_eq!(
+            j["interfaces"][0].get("mtu").is_some(),
+            v >= Version::V1_1_0
+        );
+        conf["prevResult"] = j.clone();
+        let check = c.cni("CHECK", &id, Some(&netns), &conf.to_string());
+        if v < Version::V0_4_0 {
+            assert_eq!((check.code, check.json()["code"].clone()), (1, json!(1)));
+            assert_eq!(check.json()["cniVersion"], version);
+        } else {
+            assert_eq!((check.code, check.stdout.as_str()), (0, ""), "{version}");
+        }
+        let del = c.cni("DEL", &id, Some(&netns), &conf.to_string());
+        assert_eq!((del.code, del.stdout.as_str()), (0, ""), "{version}");
+    }
+    assert_eq!(c.view_json("ipam")["allocated"], 0);
+}
+
 #[test]
 fn gc_frees_attachments_not_in_the_valid_list() {
     if !can_run() {
@@ -253,7 +297,7 @@ fn bad_input_returns_the_spec_error_json() {
     assert_eq!(e["code"], 7);
     assert!(e["details"].as_str().unwrap().contains("name"), "{e}");
     let mut conf = c.net_conf();
-    conf["cniVersion"] = json!("0.3.1");
+    conf["cniVersion"] = json!("0.2.0");
     let e = err(&conf.to_string());
     assert_eq!(e["code"], 1);
     // Missing environment variables are named (code 4).
@@ -279,7 +323,7 @@ fn bad_input_returns_the_spec_error_json() {
     assert_eq!(o.code, 0);
     assert_eq!(
         o.json()["supportedVersions"],
-        json!(["0.4.0", "1.0.0", "1.1.0"])
+        json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
     );
     // Nothing was allocated by the failures.
     assert_eq!(c.view_json("ipam")["allocated"], 0);

@@ -3,6 +3,13 @@
 //! Design note: both files are written next to their destination and renamed into
 //! place, so a runtime scanning the configuration directory never reads a half-written
 //! conflist and never executes a half-copied plugin.
+//!
+//! Version negotiation: the conflist's top-level `cniVersion` is [`CONFLIST_VERSION`]
+//! (1.0.0), the newest version libcni before 1.2 knows — containerd 1.6/1.7, podman 4
+//! and CRI-O of that age read only that field and refuse a list whose version they do
+//! not know. libcni 1.2 and later read `cniVersions` instead and use the newest entry
+//! they support, so they speak 1.1.0 (GC, STATUS, interface MTUs) with the plugin.
+//! [`plugin_config`] does what such a runtime does.
 
 use std::fs;
 use std::io::Write;
@@ -12,6 +19,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
+use crate::cni::spec::Version;
+
 /// The conflist's network name.
 pub const NETWORK_NAME: &str = "podwire";
 /// The plugin's executable name (the conflist's `type`).
@@ -19,11 +28,17 @@ pub const PLUGIN_TYPE: &str = "podwire-cni";
 /// The conflist file name (sorted early so runtimes pick it as the default network).
 pub const CONFLIST_NAME: &str = "10-podwire.conflist";
 
+/// The conflist's top-level `cniVersion`: what runtimes on libcni before 1.2 use.
+pub const CONFLIST_VERSION: &str = "1.0.0";
+
+/// The conflist's `cniVersions`: libcni 1.2 and later use the newest they support.
+pub const CONFLIST_VERSIONS: &[&str] = &["1.0.0", "1.1.0"];
+
 /// The conflist for an agent listening on `socket`.
 pub fn conflist(socket: &Path) -> Value {
     json!({
-        "cniVersion": "1.1.0",
-        "cniVersions": ["0.4.0", "1.0.0", "1.1.0"],
+        "cniVersion": CONFLIST_VERSION,
+        "cniVersions": CONFLIST_VERSIONS,
         "name": NETWORK_NAME,
         "plugins": [
             {"type": PLUGIN_TYPE, "socket": socket.display().to_string()}
@@ -31,13 +46,32 @@ pub fn conflist(socket: &Path) -> Value {
     })
 }
 
-/// The network configuration a runtime passes to the plugin for `conflist`: the
-/// first plugin entry with the list's `name` and `cniVersion` filled in.
+/// The version a runtime on libcni 1.2 or later uses for `conflist`: the newest
+/// entry of `cniVersions` that this plugin supports, else the top-level
+/// `cniVersion`.
+pub fn negotiated_version(conflist: &Value) -> Option<String> {
+    let newest = conflist
+        .get("cniVersions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| Version::parse(v.as_str()?))
+        .filter(|v| v.is_supported())
+        .max();
+    match newest {
+        Some(v) => Some(v.to_string()),
+        None => Some(conflist.get("cniVersion")?.as_str()?.to_string()),
+    }
+}
+
+/// The network configuration a runtime on libcni 1.2 or later passes to the plugin
+/// for `conflist`: the first plugin entry with the list's `name` and the negotiated
+/// `cniVersion` filled in.
 pub fn plugin_config(conflist: &Value) -> Option<Value> {
     let mut p = conflist.get("plugins")?.get(0)?.clone();
     let obj = p.as_object_mut()?;
     obj.insert("name".into(), conflist.get("name")?.clone());
-    obj.insert("cniVersion".into(), conflist.get("cniVersion")?.clone());
+    obj.insert("cniVersion".into(), json!(negotiated_version(conflist)?));
     Some(p)
 }
 
@@ -111,7 +145,10 @@ mod tests {
         .unwrap();
         let list: Value = serde_json::from_slice(&fs::read(&out.conflist).unwrap()).unwrap();
         assert_eq!(list["name"], "podwire");
+        assert_eq!(list["cniVersion"], "1.0.0", "what libcni before 1.2 reads");
+        assert_eq!(list["cniVersions"], json!(["1.0.0", "1.1.0"]));
         let conf = plugin_config(&list).unwrap();
+        assert_eq!(conf["cniVersion"], "1.1.0", "what libcni 1.2+ negotiates");
         let parsed = NetConf::parse(conf.to_string().as_bytes()).unwrap();
         assert_eq!(parsed.socket.as_deref(), Some("/run/x.sock"));
         assert_eq!(parsed.plugin_type, PLUGIN_TYPE);
@@ -119,5 +156,17 @@ mod tests {
         assert_eq!(mode & 0o777, 0o755);
         assert_eq!(fs::read(&out.plugin).unwrap(), b"#!/bin/true\n");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn negotiation_takes_the_newest_supported_entry_else_the_top_level() {
+        let v = |j: Value| negotiated_version(&j);
+        assert_eq!(v(conflist(Path::new("/s"))).as_deref(), Some("1.1.0"));
+        assert_eq!(
+            v(json!({"cniVersion": "1.0.0", "cniVersions": ["1.0.0", "9.0.0"]})).as_deref(),
+            Some("1.0.0")
+        );
+        assert_eq!(v(json!({"cniVersion": "0.4.0"})).as_deref(), Some("0.4.0"));
+        assert_eq!(v(json!({})), None);
     }
 }

@@ -81,11 +81,20 @@ fn run_inner(
     }
     let conf = NetConf::parse(stdin)?;
     let version = conf.version()?;
-    if matches!(env.command, Command::Gc | Command::Status) && version < Version::V1_1_0 {
-        return Err(CniError::new(
-            ErrorCode::IncompatibleVersion,
-            format!("{:?} needs cniVersion 1.1.0 or later", env.command),
-        ));
+    if let Some(first) = first_version_with(env.command) {
+        if version < first {
+            return Err(CniError::new(
+                ErrorCode::IncompatibleVersion,
+                format!(
+                    "cniVersion {version} does not allow {}",
+                    command_name(env.command)
+                ),
+            )
+            .with_details(format!(
+                "{} needs cniVersion {first} or later",
+                command_name(env.command)
+            )));
+        }
     }
     let valid_attachments = match env.command {
         Command::Gc => conf
@@ -151,6 +160,27 @@ fn run_inner(
             ErrorCode::Internal,
             format!("unexpected agent response {other:?}"),
         )),
+    }
+}
+
+/// The first spec version that has `command`, for the commands added after 0.3.0.
+fn first_version_with(command: Command) -> Option<Version> {
+    match command {
+        Command::Check => Some(Version::V0_4_0),
+        Command::Gc | Command::Status => Some(Version::V1_1_0),
+        Command::Add | Command::Del | Command::Version => None,
+    }
+}
+
+/// The command as `CNI_COMMAND` spells it.
+fn command_name(command: Command) -> &'static str {
+    match command {
+        Command::Add => "ADD",
+        Command::Del => "DEL",
+        Command::Check => "CHECK",
+        Command::Gc => "GC",
+        Command::Status => "STATUS",
+        Command::Version => "VERSION",
     }
 }
 
@@ -250,6 +280,27 @@ mod tests {
     }
 
     #[test]
+    fn add_answers_in_the_configuration_version() {
+        for version in SUPPORTED_VERSIONS {
+            let conf =
+                format!(r#"{{"cniVersion":"{version}","name":"podwire","type":"podwire-cni"}}"#);
+            let o = run(conf.as_bytes(), env_of("ADD"), |_, _| {
+                Ok(Response::Cni(Some(result())))
+            });
+            assert_eq!(o.exit_code, 0, "{version}: {}", o.stdout);
+            let j = json_of(&o);
+            assert_eq!(j["cniVersion"], *version);
+            assert_eq!(j["ips"][0]["address"], "10.244.1.5/24");
+            let v = Version::parse(version).unwrap();
+            assert_eq!(j["ips"][0].get("version").is_some(), v < Version::V1_0_0);
+            assert_eq!(
+                j["interfaces"][0].get("mtu").is_some(),
+                v >= Version::V1_1_0
+            );
+        }
+    }
+
+    #[test]
     fn unreachable_agent_is_try_again_later_and_status_not_available() {
         let unreachable = |_: &std::path::Path, _: &Request| {
             Err(ClientError::Unreachable {
@@ -272,7 +323,10 @@ mod tests {
         assert_eq!(o.exit_code, 0);
         let j = json_of(&o);
         assert_eq!(j["cniVersion"], "1.0.0");
-        assert_eq!(j["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]));
+        assert_eq!(
+            j["supportedVersions"],
+            json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+        );
         let o = run(b"", env_of("VERSION"), |_, _| unreachable!());
         assert_eq!(json_of(&o)["cniVersion"], LATEST_VERSION);
     }
@@ -297,12 +351,26 @@ mod tests {
         );
         assert_eq!(json_of(&o)["code"], 1);
         assert_eq!(json_of(&o)["cniVersion"], LATEST_VERSION);
-        let o = run(
-            br#"{"cniVersion":"1.0.0","name":"podwire","type":"podwire"}"#,
-            env_of("GC"),
-            never,
-        );
-        assert_eq!(json_of(&o)["code"], 1);
+        for (version, command) in [
+            ("1.0.0", "GC"),
+            ("1.0.0", "STATUS"),
+            ("0.3.1", "CHECK"),
+            ("0.3.0", "CHECK"),
+        ] {
+            let conf = format!(r#"{{"cniVersion":"{version}","name":"podwire","type":"podwire"}}"#);
+            let o = run(conf.as_bytes(), env_of(command), never);
+            let j = json_of(&o);
+            assert_eq!(
+                (o.exit_code, j["code"].clone()),
+                (1, json!(1)),
+                "{command} {version}"
+            );
+            assert_eq!(
+                j["cniVersion"], version,
+                "answered in the configuration's version"
+            );
+            assert!(j["msg"].as_str().unwrap().contains(command), "{j}");
+        }
         let o = run(CONF.as_bytes(), |_| None, never);
         assert_eq!(json_of(&o)["code"], 4);
         let o = run(CONF.as_bytes(), env_of("CHECK"), never);

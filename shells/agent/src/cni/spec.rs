@@ -1,9 +1,18 @@
 //! CNI specification types: versions, network configuration, results and errors.
 //!
 //! Design note: the CNI wire format is small and changes a little between spec
-//! versions (0.4.0 has `version` on every IP, 1.1.0 adds `mtu` on interfaces), so the
-//! types are written by hand around one version-agnostic [`CniResult`] that is rendered
-//! for the `cniVersion` the runtime asked for. Existing CNI crates were either
+//! versions, so the types are written by hand around one version-agnostic
+//! [`CniResult`] that is rendered for the `cniVersion` the runtime asked for:
+//!
+//! | version      | `ips[]`                                    | `interfaces[]`  | commands                 |
+//! |--------------|--------------------------------------------|-----------------|--------------------------|
+//! | 0.3.0, 0.3.1 | `version` ("4"/"6"), `address`, `gateway`, `interface` | name, mac, sandbox | ADD, DEL, VERSION |
+//! | 0.4.0        | as 0.3.x                                   | as 0.3.x        | + CHECK                  |
+//! | 1.0.0        | no `version`                               | as 0.3.x        | as 0.4.0                 |
+//! | 1.1.0        | as 1.0.0                                   | + `mtu`         | + GC, STATUS             |
+//!
+//! A command the configuration's version does not have is error 1 (incompatible CNI
+//! version), as the reference plugins' `skel` answers. Existing CNI crates were either
 //! unmaintained or did not cover 1.1.0's GC/STATUS, and the plugin must not pull a large
 //! dependency tree into a binary the runtime executes for every pod.
 //!
@@ -18,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 /// The spec versions this plugin implements, oldest first.
-pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 /// The newest spec version, used when the runtime did not name one.
 pub const LATEST_VERSION: &str = "1.1.0";
@@ -28,7 +37,11 @@ pub const LATEST_VERSION: &str = "1.1.0";
 pub struct Version(pub u32, pub u32, pub u32);
 
 impl Version {
-    /// 1.1.0, the first version with GC and STATUS.
+    /// 0.4.0, the first version with CHECK.
+    pub const V0_4_0: Version = Version(0, 4, 0);
+    /// 1.0.0, the first version without `version` on result IPs.
+    pub const V1_0_0: Version = Version(1, 0, 0);
+    /// 1.1.0, the first version with GC and STATUS and interface MTUs in results.
     pub const V1_1_0: Version = Version(1, 1, 0);
 
     /// Parses `"a.b.c"`.
@@ -350,7 +363,8 @@ pub struct CniResult {
 }
 
 impl CniResult {
-    /// The result JSON for `version` (0.4.0: `version` on IPs; 1.1.0: interface MTU).
+    /// The result JSON for `version` (before 1.0.0: `version` on IPs; from 1.1.0:
+    /// interface MTU; see the module's table).
     pub fn to_json(&self, version: Version) -> Value {
         let interfaces: Vec<Value> = self
             .interfaces
@@ -373,7 +387,7 @@ impl CniResult {
             .iter()
             .map(|ip| {
                 let mut m = Map::new();
-                if version < Version(1, 0, 0) {
+                if version < Version::V1_0_0 {
                     let v = if ip.address.addr().is_ipv4() {
                         "4"
                     } else {
@@ -434,8 +448,11 @@ mod tests {
         assert_eq!(Version::parse("1.1.0.1"), None);
         assert_eq!(Version::parse("x.1.0"), None);
         assert!(Version(0, 4, 0) < Version(1, 0, 0));
-        assert!(Version(0, 4, 0).is_supported());
-        assert!(!Version(0, 3, 1).is_supported());
+        for v in [(0, 3, 0), (0, 3, 1), (0, 4, 0), (1, 0, 0), (1, 1, 0)] {
+            assert!(Version(v.0, v.1, v.2).is_supported(), "{v:?}");
+        }
+        assert!(!Version(0, 2, 0).is_supported());
+        assert!(!Version(1, 2, 0).is_supported());
         assert!(!Version(2, 0, 0).is_supported());
     }
 
@@ -478,8 +495,12 @@ mod tests {
 
     #[test]
     fn unsupported_version_is_incompatible() {
-        let e = conf(r#"{"cniVersion":"0.3.1","name":"podwire","type":"podwire"}"#).unwrap_err();
+        let e = conf(r#"{"cniVersion":"0.2.0","name":"podwire","type":"podwire"}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::IncompatibleVersion);
+        assert!(e
+            .details
+            .unwrap()
+            .contains("0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"));
         let e = conf(r#"{"cniVersion":"banana","name":"podwire","type":"podwire"}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::IncompatibleVersion);
     }
@@ -546,12 +567,22 @@ mod tests {
         assert_eq!(v11["routes"][0]["dst"], "0.0.0.0/0");
         let v10 = r.to_json(Version(1, 0, 0));
         assert!(v10["interfaces"][0].get("mtu").is_none());
-        let v04 = r.to_json(Version(0, 4, 0));
-        assert_eq!(v04["ips"][0]["version"], "4");
-        assert_eq!(
-            CniResult::addresses_of(&v04),
-            vec!["10.244.1.5/24".parse::<IpNet>().unwrap()]
-        );
+        assert!(v10["ips"][0].get("version").is_none());
+        assert_eq!(v10["ips"][0]["interface"], 0);
+        for old in [Version(0, 3, 0), Version(0, 3, 1), Version(0, 4, 0)] {
+            let j = r.to_json(old);
+            assert_eq!(j["cniVersion"], old.to_string());
+            assert_eq!(j["ips"][0]["version"], "4", "{old}");
+            assert_eq!(j["ips"][0]["interface"], 0, "{old}");
+            assert_eq!(j["ips"][0]["gateway"], "10.244.1.1", "{old}");
+            assert_eq!(j["interfaces"][0]["sandbox"], "/var/run/netns/p", "{old}");
+            assert!(j["interfaces"][0].get("mtu").is_none(), "{old}");
+            assert!(j.get("cniVersions").is_none(), "{old}");
+            assert_eq!(
+                CniResult::addresses_of(&j),
+                vec!["10.244.1.5/24".parse::<IpNet>().unwrap()]
+            );
+        }
     }
 
     #[test]

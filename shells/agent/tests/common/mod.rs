@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod lab;
+pub mod runtime;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -316,12 +317,10 @@ impl Cluster {
         serde_json::from_str(&self.podwire(&[view, "-o", "json"]).unwrap()).unwrap()
     }
 
-    /// The network configuration a runtime passes for the installed conflist.
+    /// The network configuration a runtime on libcni 1.2+ passes for the installed
+    /// conflist (cniVersion negotiated from `cniVersions`).
     pub fn net_conf(&self) -> Value {
-        let mut p = self.conflist["plugins"][0].clone();
-        p["name"] = self.conflist["name"].clone();
-        p["cniVersion"] = self.conflist["cniVersion"].clone();
-        p
+        podwire_agent::cni::install::plugin_config(&self.conflist).expect("conflist")
     }
 
     /// Runs the installed plugin as a runtime does.
