@@ -76,6 +76,9 @@ fn lab_demo_passes_every_check_prints_the_table_and_cleans_up() {
         "node→pod remote",
         "pod→node local",
         "pod→node remote",
+        "service ClusterIP",
+        "policy allows",
+        "policy denies",
     ] {
         assert!(stdout.contains(what), "no {what} check:\n{stdout}");
     }

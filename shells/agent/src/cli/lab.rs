@@ -188,7 +188,7 @@ fn demo_cmd(spec: LabSpec, paths: LabPaths) -> Result<ExitCode> {
         "podwire lab demo: {} nodes × {} pods",
         spec.nodes, spec.pods_per_node
     );
-    let lab = match Lab::up(spec, paths.clone(), true) {
+    let mut lab = match Lab::up(spec, paths.clone(), true) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("lab up failed: {e:#}");
@@ -197,7 +197,11 @@ fn demo_cmd(spec: LabSpec, paths: LabPaths) -> Result<ExitCode> {
         }
     };
     eprintln!("running checks with real traffic...");
-    let checks = demo::run_checks(&lab, demo::Coverage::Sample);
+    let checks = demo::run_checks(&lab, demo::Coverage::Sample).and_then(|mut checks| {
+        eprintln!("applying the service and policy scenario (namespace demo)...");
+        checks.extend(lab::flow::run_checks(&mut lab)?);
+        Ok(checks)
+    });
     eprintln!("tearing down");
     lab.down();
     let checks = match checks {

@@ -15,6 +15,7 @@
 
 pub mod apply;
 pub mod demo;
+pub mod flow;
 pub mod objects;
 pub mod serve;
 pub mod topology;
