@@ -62,6 +62,8 @@ pub struct AgentConfig {
     pub conntrack_entries: usize,
     /// How long the dataplane busy-polls after traffic before sleeping (zero: never).
     pub busy_poll: Duration,
+    /// Cluster DNS (`None`: not served).
+    pub dns: Option<crate::dns::DnsConfig>,
 }
 
 /// A fingerprint of the manifests: file names and contents.
@@ -214,6 +216,17 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         tracing::warn!(container = %key.container_id, ifname = %key.ifname, reason = %why, "could not re-adopt pod; it stays allocated until DEL or GC");
     }
     start_dataplane(&mut pods, &view, &config, underlay).context("starting the dataplane")?;
+    let dns = match &config.dns {
+        Some(c) => {
+            let server = crate::dns::DnsServer::start(c.clone(), nl.as_ref())
+                .await
+                .context("starting cluster DNS")?;
+            server.publish(&view);
+            pods.set_dns(Some(c.clone()));
+            Some(server)
+        }
+        None => None,
+    };
     tracing::info!(
         node = %config.node,
         pod_cidr = %cidr,
@@ -233,6 +246,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         pods,
         socket: config.socket.clone(),
         enforcement: Default::default(),
+        dns,
     }));
     // Policy and services are in force before the first CNI request is served.
     shared.lock().await.enforce().await;
@@ -334,6 +348,9 @@ async fn reload_loop<N: Netlink>(
                     );
                 }
                 s.cluster.view = view;
+                if let Some(dns) = &s.dns {
+                    dns.publish(&s.cluster.view);
+                }
                 s.cluster.generation += 1;
                 s.cluster.last_error = None;
                 s.cluster.loaded_at = SystemTime::now();

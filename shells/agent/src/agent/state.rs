@@ -43,6 +43,8 @@ pub struct Shared<N: Netlink> {
     pub socket: PathBuf,
     /// What the last policy/service installation did.
     pub enforcement: crate::agent::enforce::EnforceStatus,
+    /// The cluster DNS server, if enabled.
+    pub dns: Option<crate::dns::DnsServer>,
 }
 
 fn line(subsystem: &str, state: &str, detail: String) -> StatusLine {
@@ -227,6 +229,10 @@ impl<N: Netlink> Shared<N> {
             format!("{} attached, {detached} detached", rows.len() - detached),
         ));
         lines.push(datapath_line(self.pods.dataplane_stats()));
+        lines.push(match &self.dns {
+            Some(d) => d.status(),
+            None => line("DNS", "Disabled", "--dns-address none".into()),
+        });
         lines.push(line(
             "API",
             "Ok",
