@@ -207,14 +207,14 @@ fn cluster_dns_answers_the_upstream_e2e_queries_from_pods() {
     let q = querier.ip.to_string();
     assert_eq!(
         dig_short(&c, &["dns-test-service.dns-test.svc.cluster.local"]),
-        [q.clone()]
+        [q.as_str()]
     );
     assert_eq!(
         dig_short(
             &c,
             &["dns-querier-2.dns-test-service.dns-test.svc.cluster.local"]
         ),
-        [q.clone()]
+        [q.as_str()]
     );
     let hosts = getent(&querier.netns, "hosts", "dns-querier-2.dns-test-service");
     assert!(hosts.starts_with(&format!("{q} ")), "{hosts:?}");

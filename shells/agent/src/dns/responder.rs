@@ -243,7 +243,7 @@ impl Responder {
                 Lookup::NoData => negative(ResponseCode::NoError),
                 Lookup::NxDomain => negative(ResponseCode::NXDomain),
                 Lookup::Alias { cname, target } => {
-                    chain.push(cname);
+                    chain.push(*cname);
                     if zone.is_ours(&target) && chain.len() < MAX_CHASE {
                         current = target;
                         continue;

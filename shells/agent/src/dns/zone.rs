@@ -53,7 +53,7 @@ pub enum Lookup {
     /// The name is an alias: the CNAME, to be followed to `target`.
     Alias {
         /// The CNAME record.
-        cname: Record,
+        cname: Box<Record>,
         /// Its target.
         target: Name,
     },
@@ -257,6 +257,9 @@ fn srv_set(name: &Name, ttl: u32, targets: &[(Name, u16)]) -> Vec<Record> {
         .collect()
 }
 
+/// An endpoint serving a named port: its name, port and address.
+type PortTarget = (Name, u16, IpAddr);
+
 /// Builds zones; holds the origin and TTL while names are added.
 struct Builder {
     origin: Name,
@@ -343,7 +346,7 @@ impl Builder {
         let headless = matches!(svc.kind, ServiceKind::Headless);
         // Endpoint names, for every service with ready endpoints.
         let mut srv_all: Vec<(Name, u16)> = Vec::new();
-        let mut by_port: BTreeMap<(String, String), Vec<(Name, u16, IpAddr)>> = BTreeMap::new();
+        let mut by_port: BTreeMap<(String, String), Vec<PortTarget>> = BTreeMap::new();
         for ep in endpoints {
             let Some(ep_name) = self.name(&[&ep.hostname, &name, &ns, "svc"]) else {
                 continue;
@@ -514,7 +517,7 @@ impl Zone {
             {
                 if let RData::CNAME(CNAME(target)) = &c.data {
                     return Lookup::Alias {
-                        cname: with_name(c, name),
+                        cname: Box::new(with_name(c, name)),
                         target: target.clone(),
                     };
                 }
