@@ -10,7 +10,7 @@
 //! state from a datastore (file, Kubernetes API, etcd); `netlink/` configures links,
 //! addresses and routes behind a trait with a real rtnetlink implementation and a
 //! recording fake; `observe/` serves metrics and health; `dataplane/` owns TAP devices and the loop that feeds frames
-//! through the core datapath; `agent/` ties them into the daemon; `cli/` is the
+//! through the core datapath; `dns/` is the cluster DNS server; `agent/` ties them into the daemon; `cli/` is the
 //! command line.
 
 pub mod agent;
@@ -19,6 +19,7 @@ pub mod cli;
 pub mod cni;
 pub mod control;
 pub mod dataplane;
+pub mod dns;
 pub mod lab;
 pub mod netlink;
 pub mod observe;

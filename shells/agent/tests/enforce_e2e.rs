@@ -304,7 +304,7 @@ fn a_cluster_ip_reaches_its_backend_pod_with_real_addresses() {
     let (web, client) = (web.ip(), client.ip());
     tcp_server(&web_ns, TCP_PORT);
     udp_server(&web_ns, UDP_PORT);
-    let vip: Ipv4Addr = "10.96.0.10".parse().unwrap();
+    let vip: Ipv4Addr = "10.96.0.20".parse().unwrap();
     let service = format!(
         "---
 apiVersion: v1

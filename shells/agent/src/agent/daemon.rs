@@ -68,6 +68,8 @@ pub struct AgentConfig {
     pub metrics_address: Option<std::net::SocketAddr>,
     /// Where health, readiness and metrics are served (`None`: not served).
     pub admin_address: Option<std::net::SocketAddr>,
+    /// Cluster DNS (`None`: not served).
+    pub dns: Option<crate::dns::DnsConfig>,
 }
 
 /// The other nodes with a pod CIDR and an InternalIP, numbered by their position in
@@ -197,6 +199,17 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         tracing::warn!(container = %key.container_id, ifname = %key.ifname, reason = %why, "could not re-adopt pod; it stays allocated until DEL or GC");
     }
     start_dataplane(&mut pods, &view, &config, underlay).context("starting the dataplane")?;
+    let dns = match &config.dns {
+        Some(c) => {
+            let server = crate::dns::DnsServer::start(c.clone(), nl.as_ref())
+                .await
+                .context("starting cluster DNS")?;
+            server.publish(&view);
+            pods.set_dns(Some(c.clone()));
+            Some(server)
+        }
+        None => None,
+    };
     tracing::info!(
         node = %config.node,
         pod_cidr = %cidr,
@@ -218,6 +231,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         socket: config.socket.clone(),
         enforcement: Default::default(),
         recorded: Default::default(),
+        dns,
     }));
     // Policy and services are in force before the first CNI request is served.
     shared.lock().await.enforce().await;
@@ -411,6 +425,9 @@ async fn install_view<N: Netlink>(shared: &Arc<Mutex<Shared<N>>>, view: ClusterV
         );
     }
     s.cluster.view = view;
+    if let Some(dns) = &s.dns {
+        dns.publish(&s.cluster.view);
+    }
     s.cluster.generation += 1;
     s.cluster.last_error = None;
     s.cluster.loaded_at = SystemTime::now();

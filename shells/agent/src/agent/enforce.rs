@@ -64,7 +64,11 @@ impl<N: Netlink> Shared<N> {
             }
         };
         let compile = started.elapsed();
-        let plan = self.cluster.view.services.clone();
+        // The cluster DNS ClusterIP is answered by the agent's DNS server, never DNAT'ed.
+        let plan = match &self.dns {
+            Some(dns) => dns.exclude_from_services(&self.cluster.view.services),
+            None => self.cluster.view.services.clone(),
+        };
         let Some(dp) = self.pods.dataplane_mut() else {
             return;
         };

@@ -29,7 +29,7 @@ use ipnet::{IpNet, Ipv4Net};
 use podwire_core::ids::PortId;
 
 use crate::api::{CniRequest, IpamAllocation, IpamReport, PodRow};
-use crate::cni::spec::{CniError, CniResult, Dns, ErrorCode, Interface, IpConfig, RouteConfig};
+use crate::cni::spec::{CniError, CniResult, ErrorCode, Interface, IpConfig, RouteConfig};
 use crate::control::ipam::{mac_for, Attachment, AttachmentKey, IpamError, NodeIpam};
 use crate::control::node_view::ClusterView;
 use crate::dataplane::node::{Dataplane, RemoteNode, Stats};
@@ -59,6 +59,7 @@ pub struct Pods<N: Netlink> {
     config: WiringConfig,
     host_routes: BTreeSet<Ipv4Net>,
     dataplane: Option<Dataplane>,
+    dns: Option<crate::dns::DnsConfig>,
 }
 
 fn internal(e: impl std::fmt::Display) -> CniError {
@@ -95,7 +96,13 @@ impl<N: Netlink> Pods<N> {
             config,
             host_routes: BTreeSet::new(),
             dataplane: None,
+            dns: None,
         }
+    }
+
+    /// The cluster DNS that ADD results name (`None`: results carry no `dns`).
+    pub fn set_dns(&mut self, dns: Option<crate::dns::DnsConfig>) {
+        self.dns = dns;
     }
 
     /// The IPAM state.
@@ -300,7 +307,14 @@ impl<N: Netlink> Pods<N> {
                 dst: "0.0.0.0/0".parse().unwrap_or(IpNet::V4(Ipv4Net::default())),
                 gw: Some(IpAddr::V4(gw)),
             }],
-            dns: Dns::default(),
+            dns: self
+                .dns
+                .as_ref()
+                .map(|d| {
+                    let namespace = a.pod.as_ref().map_or("default", |p| p.namespace.as_str());
+                    d.pod_dns(namespace)
+                })
+                .unwrap_or_default(),
         }
     }
 

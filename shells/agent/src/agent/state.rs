@@ -49,6 +49,8 @@ pub struct Shared<N: Netlink> {
     pub enforcement: crate::agent::enforce::EnforceStatus,
     /// Metrics recorded as things happen (CNI latency).
     pub recorded: Recorded,
+    /// The cluster DNS server, if enabled.
+    pub dns: Option<crate::dns::DnsServer>,
 }
 
 fn line(subsystem: &str, state: &str, detail: String) -> StatusLine {
@@ -245,6 +247,10 @@ impl<N: Netlink> Shared<N> {
             format!("{} attached, {detached} detached", rows.len() - detached),
         ));
         lines.push(datapath_line(self.pods.dataplane_stats()));
+        lines.push(match &self.dns {
+            Some(d) => d.status(),
+            None => line("DNS", "Disabled", "--dns-address none".into()),
+        });
         lines.push(line(
             "API",
             "Ok",

@@ -102,6 +102,26 @@ pub struct AgentArgs {
     /// the cost of a spinning core while traffic keeps coming within the window.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub busy_poll_us: u64,
+    /// The node-local address cluster DNS serves pods on, and the nameserver CNI
+    /// results name (`none`: no DNS server).
+    #[arg(long, default_value = "169.254.20.10")]
+    pub dns_address: String,
+    /// The cluster DNS Service's ClusterIP, answered by this agent without NAT.
+    #[arg(long, default_value = "10.96.0.10")]
+    pub cluster_dns_ip: std::net::Ipv4Addr,
+    /// The cluster domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// TTL of cluster DNS records, in seconds.
+    #[arg(long, default_value_t = crate::dns::config::DEFAULT_TTL)]
+    pub dns_ttl: u32,
+    /// Upstream resolvers for names outside the cluster domain (IP or IP:port,
+    /// comma-separated or repeated; default: the nameservers of /etc/resolv.conf).
+    #[arg(long, value_delimiter = ',')]
+    pub dns_upstream: Vec<String>,
+    /// UDP sockets per DNS address (SO_REUSEPORT), 1 to 64.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub dns_udp_sockets: u16,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -124,6 +144,38 @@ fn parse_listen_address(s: &str) -> Result<ListenAddress, String> {
     s.parse()
         .map(|a| ListenAddress(Some(a)))
         .map_err(|_| format!("{s:?} is not an address:port (e.g. 0.0.0.0:9402) or `off`"))
+}
+
+/// The DNS settings of `podwire agent`'s flags (`None` for `--dns-address none`).
+fn dns_config(a: &AgentArgs) -> anyhow::Result<Option<crate::dns::DnsConfig>> {
+    use anyhow::Context as _;
+    if a.dns_address == "none" {
+        return Ok(None);
+    }
+    let node_local = a.dns_address.parse().with_context(|| {
+        format!(
+            "invalid --dns-address {:?}: an IPv4 address or none",
+            a.dns_address
+        )
+    })?;
+    let upstreams = if a.dns_upstream.is_empty() {
+        crate::dns::config::resolv_conf_upstreams(std::path::Path::new("/etc/resolv.conf"))
+    } else {
+        a.dns_upstream
+            .iter()
+            .map(|u| crate::dns::config::parse_upstream(u))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?
+    };
+    let mut c = crate::dns::DnsConfig::new(
+        node_local,
+        a.cluster_dns_ip,
+        &a.cluster_domain,
+        a.dns_ttl,
+        upstreams,
+    )?;
+    c.udp_sockets = usize::from(a.dns_udp_sockets);
+    Ok(Some(c))
 }
 
 /// Commands.
@@ -229,6 +281,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     init_logs(a.log_format);
+    let dns = dns_config(&a)?;
     let node = match a.node {
         Some(n) => n,
         None => nix::unistd::gethostname()?
@@ -250,6 +303,7 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         busy_poll: Duration::from_micros(a.busy_poll_us),
         metrics_address: a.metrics_address.0,
         admin_address: a.admin_address.0,
+        dns,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -13,7 +13,8 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::cluster::ClusterState;
 use super::manifests::{self, Manifests};
@@ -120,6 +121,11 @@ pub struct ClusterView {
     pub state: ClusterState,
     /// Services and their backends, compiled for the core.
     pub services: ServicePlan,
+    /// The Service objects as listed (cluster DNS names them, headless and
+    /// ExternalName services included).
+    pub service_objects: Vec<Service>,
+    /// The EndpointSlice objects as listed (cluster DNS reads their hostnames).
+    pub endpoint_slices: Vec<EndpointSlice>,
 }
 
 fn node_info(node: &Node) -> Result<NodeInfo, ViewError> {
@@ -271,6 +277,8 @@ impl ClusterView {
             namespaces: objects.namespaces.len(),
             state,
             services,
+            service_objects: objects.services.clone(),
+            endpoint_slices: objects.endpoint_slices.clone(),
         })
     }
 

@@ -65,6 +65,8 @@ pub struct LabSpec {
     /// Manifest files or folders applied once the lab is up, as `lab apply` would
     /// (Namespaces, Pods with `spec.nodeName`, Services, NetworkPolicies).
     pub manifests: Vec<PathBuf>,
+    /// The agents' `--dns-upstream` (empty: the node's resolv.conf).
+    pub dns_upstreams: Vec<String>,
 }
 
 impl Default for LabSpec {
@@ -77,6 +79,7 @@ impl Default for LabSpec {
             cluster_cidr: "10.244.0.0/16".into(),
             busy_poll_us: 0,
             manifests: Vec::new(),
+            dns_upstreams: Vec::new(),
         }
     }
 }
@@ -513,7 +516,8 @@ impl Lab {
             .create(true)
             .append(true)
             .open(dir.join("agent.log"))?;
-        let child = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", &n.netns])
             .arg(&self.paths.podwire)
             .arg("agent")
@@ -525,7 +529,11 @@ impl Lab {
             .arg("--socket")
             .arg(self.socket(node))
             .args(["--reload-interval-ms", "100"])
-            .args(["--busy-poll-us", &self.spec.busy_poll_us.to_string()])
+            .args(["--busy-poll-us", &self.spec.busy_poll_us.to_string()]);
+        if !self.spec.dns_upstreams.is_empty() {
+            command.args(["--dns-upstream", &self.spec.dns_upstreams.join(",")]);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -636,6 +644,7 @@ impl Lab {
             .and_then(|a| a.split('/').next())
             .and_then(|a| a.parse().ok())
             .with_context(|| format!("no IP in the ADD result {result}"))?;
+        topology::write_resolv_conf(&netns, &result["dns"])?;
         let pod = LabPod {
             name: name.into(),
             namespace: namespace.into(),
@@ -839,6 +848,16 @@ pub fn down(prefix: &str, run_dir: &Path) -> Vec<String> {
     for ns in list_netns(&format!("{prefix}-")) {
         del_netns(&ns);
         removed.push(format!("netns {ns}"));
+    }
+    // Pods' resolv.conf files whose namespace is already gone (a crash mid-way).
+    if let Ok(dir) = std::fs::read_dir("/etc/netns") {
+        for e in dir.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{prefix}-")) {
+                let _ = std::fs::remove_dir_all(e.path());
+                removed.push(format!("/etc/netns/{name}"));
+            }
+        }
     }
     if run_dir.exists() {
         let _ = std::fs::remove_dir_all(run_dir);

@@ -53,13 +53,54 @@ pub fn add_netns(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Deletes a named network namespace (no error if it is gone).
+/// Deletes a named network namespace and its `/etc/netns/<name>` files (no error
+/// if they are gone).
 pub fn del_netns(name: &str) {
     let _ = Command::new("ip")
         .args(["netns", "del", name])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
+    let _ = std::fs::remove_dir_all(netns_etc(name));
+}
+
+/// `/etc/netns/<name>`: files `ip netns exec` bind-mounts over `/etc` inside the
+/// namespace (its `resolv.conf`, as kubelet writes one per pod).
+pub fn netns_etc(name: &str) -> std::path::PathBuf {
+    std::path::Path::new("/etc/netns").join(name)
+}
+
+/// Writes a pod's resolv.conf as kubelet does from the CNI result's `dns`
+/// (`nameserver` lines, `search`, `options`), where `ip netns exec` mounts it.
+pub fn write_resolv_conf(netns: &str, dns: &serde_json::Value) -> Result<()> {
+    let words = |key: &str| -> Vec<String> {
+        dns[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    let nameservers = words("nameservers");
+    if nameservers.is_empty() {
+        return Ok(());
+    }
+    let mut text = String::new();
+    for n in nameservers {
+        text.push_str(&format!("nameserver {n}\n"));
+    }
+    let search = words("search");
+    if !search.is_empty() {
+        text.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    let options = words("options");
+    if !options.is_empty() {
+        text.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    let dir = netns_etc(netns);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join("resolv.conf"), text)
+        .with_context(|| format!("writing {}/resolv.conf", dir.display()))
 }
 
 /// The named namespaces whose name starts with `prefix`.

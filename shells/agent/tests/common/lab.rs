@@ -43,15 +43,19 @@ pub fn test_paths() -> LabPaths {
 }
 
 pub fn lab(nodes: usize, pods: usize) -> LabGuard {
+    lab_with(LabSpec {
+        nodes,
+        pods_per_node: pods,
+        ..LabSpec::default()
+    })
+}
+
+/// A lab built from `spec`, with a random prefix and run directory.
+pub fn lab_with(spec: LabSpec) -> LabGuard {
     let paths = test_paths();
     let mut g = LabGuard {
         paths: paths.clone(),
         lab: None,
-    };
-    let spec = LabSpec {
-        nodes,
-        pods_per_node: pods,
-        ..LabSpec::default()
     };
     g.lab = Some(Lab::up(spec, paths, false).expect("lab up"));
     g
