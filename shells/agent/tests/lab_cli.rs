@@ -77,6 +77,9 @@ fn lab_demo_passes_every_check_prints_the_table_and_cleans_up() {
         "pod→node local",
         "pod→node remote",
         "service ClusterIP",
+        "service name",
+        "headless service",
+        "service by name",
         "policy allows",
         "policy denies",
     ] {

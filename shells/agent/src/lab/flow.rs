@@ -1,7 +1,8 @@
-//! The whole Kubernetes flow, as `podwire lab demo` shows it: a client pod connects
-//! to a Service, the datapath picks a backend pod on another node, which sees the
-//! client's real address; a headless Service lists its pods; a NetworkPolicy lets
-//! only the backends reach a database.
+//! The whole Kubernetes flow, as `podwire lab demo` shows it: a client pod resolves a
+//! Service's name through its search path, connects to it by name, the datapath
+//! picks a backend pod on another node, which sees the client's real address; a
+//! headless Service resolves to its pods; a NetworkPolicy lets only the backends
+//! reach a database.
 //!
 //! Design note: the scenario is an ordinary manifest applied with [`Lab::apply`],
 //! the same path `podwire lab apply -f` takes, so the demo exercises what a user
@@ -9,7 +10,9 @@
 //! and the client on the first, so "another node" holds whenever the lab has two.
 //! Each check answers from what the receiving pod's server reported (its name and
 //! the client address it saw), so a wrong backend, a NAT or a policy leak shows in
-//! the table's detail column.
+//! the table's detail column. Names are resolved the way a pod's program resolves
+//! them: glibc (`getent`, bash's `/dev/tcp`) inside the pod's namespace, reading the
+//! resolv.conf the lab wrote from the CNI result, as kubelet does.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -17,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::demo::Check;
+use super::topology::exec;
 use super::traffic::tcp_ask;
 use super::Lab;
 
@@ -93,6 +97,26 @@ fn ask_until(netns: &str, to: SocketAddr, patience: Duration) -> Result<(String,
     }
 }
 
+/// The addresses glibc resolves `name` to inside `netns` (`getent ahostsv4`).
+fn resolve(netns: &str, name: &str) -> Result<Vec<Ipv4Addr>> {
+    let out = exec(netns, &["getent", "ahostsv4", name])?;
+    let mut addrs: Vec<Ipv4Addr> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    Ok(addrs)
+}
+
+/// Connects to `name:port` from `netns` with bash's `/dev/tcp` (so glibc resolves
+/// the name) and returns what the server said.
+fn connect_by_name(netns: &str, name: &str, port: u16) -> Result<(String, String)> {
+    let script = format!("exec 3<>/dev/tcp/{name}/{port} && cat <&3");
+    let said = exec(netns, &["timeout", "5", "bash", "-c", &script])?;
+    parse_answer(&said).with_context(|| format!("unexpected answer {said:?}"))
+}
+
 /// Applies the scenario and runs its checks.
 pub fn run_checks(lab: &mut Lab) -> Result<Vec<Check>> {
     let first = lab
@@ -153,6 +177,53 @@ pub fn run_checks(lab: &mut Lab) -> Result<Vec<Check>> {
         "service ClusterIP",
         &client,
         format!("{NAMESPACE}/my-service ({service_ip}:80)"),
+        result,
+    ));
+
+    // Names: the short name through the search path, the namespace-qualified name
+    // and the FQDN all give the ClusterIP; the headless service its pods.
+    for name in [
+        "my-service".to_string(),
+        format!("my-service.{NAMESPACE}"),
+        format!("my-service.{NAMESPACE}.svc.cluster.local"),
+    ] {
+        let result = match resolve(&client.netns, &name) {
+            Ok(a) if a == [service_ip] => Ok(format!("{name} is {service_ip}")),
+            Ok(a) => Err(format!("{name} resolved to {a:?}, not {service_ip}")),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        out.push(Check {
+            proto: "DNS",
+            ..row("service name", &client, name.clone(), result)
+        });
+    }
+    let mut pod_ips: Vec<Ipv4Addr> = backends.iter().map(|b| b.ip).collect();
+    pod_ips.sort();
+    let headless = format!("backends.{NAMESPACE}");
+    let result = match resolve(&client.netns, &headless) {
+        Ok(a) if a == pod_ips => Ok(format!("{headless} is {a:?}, the backend pods")),
+        Ok(a) => Err(format!(
+            "{headless} resolved to {a:?}, not the pods {pod_ips:?}"
+        )),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    out.push(Check {
+        proto: "DNS",
+        ..row("headless service", &client, headless, result)
+    });
+
+    // By name: a backend on the other node answers and sees the client's own IP.
+    let result = match connect_by_name(&client.netns, "my-service", 80) {
+        Ok((seen, by)) if seen == client.ip.to_string() => {
+            Ok(format!("answered by {by}, which saw {seen}"))
+        }
+        Ok((seen, by)) => Err(format!("{by} saw {seen}, not the client's {}", client.ip)),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    out.push(row(
+        "service by name",
+        &client,
+        "my-service:80".into(),
         result,
     ));
 
