@@ -39,6 +39,14 @@
 //!   `((h >> 32) · M) >> 32` ([`slot_of`], a multiply-shift range reduction: no
 //!   division on the packet path).
 //!
+//! * **Size.** A service's table size is [`size_for`]`(N, max)`: the smallest prime
+//!   of [`SIZES`] (Cilium's list) with `M ≥ 100·N`, `N` the backends with a weight —
+//!   Maglev's disruption falls as `M/N` grows, and 100 is the ratio Cilium's
+//!   documentation recommends — bounded by the configured maximum `max` (itself
+//!   prime). `M` depends only on `N` and `max`, so every node with the same maximum
+//!   builds the same table; a service whose backends grow past `M/100` is rebuilt at
+//!   the next size (and one that shrinks, at the smaller one).
+//!
 //! Tests pin entries of a small table so any change to this contract is noticed.
 
 use crate::flow::fmix64;
@@ -53,6 +61,30 @@ pub const MAX_BACKENDS: usize = EMPTY as usize;
 
 /// Table sizes must be below this bound (so cursor arithmetic stays in `u32`).
 pub const MAX_SIZE: usize = 1 << 31;
+
+/// The table sizes [`size_for`] chooses from: primes close to powers of two, the
+/// list Cilium documents for its `--bpf-lb-maglev-table-size`.
+pub const SIZES: [u32; 15] = [
+    251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131_071, 262_139, 524_287,
+    1_048_573, 2_097_143, 4_194_301,
+];
+
+/// Entries per backend a table should have at least (`M ≥ RATIO · N`).
+pub const RATIO: usize = 100;
+
+/// The table size of a service with `backends` backends (those with a weight) under
+/// the maximum `max`: the smallest of [`SIZES`] that is at least [`RATIO`]` · backends`
+/// and at most `max`, else `max` (see the module's contract). `max` should be prime
+/// (check it with [`check_size`]); a table never gets larger than it.
+pub fn size_for(backends: usize, max: u32) -> u32 {
+    let wanted = backends.saturating_mul(RATIO);
+    SIZES
+        .iter()
+        .copied()
+        .find(|&m| m as usize >= wanted)
+        .filter(|&m| m <= max)
+        .unwrap_or(max)
+}
 
 /// How many trailing empty entries the build finds by rank computation instead of by
 /// walking permutations (see the module's design note).
