@@ -65,8 +65,8 @@ pub const MAX_SIZE: usize = 1 << 31;
 /// The table sizes [`size_for`] chooses from: primes close to powers of two, the
 /// list Cilium documents for its `--bpf-lb-maglev-table-size`.
 pub const SIZES: [u32; 15] = [
-    251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131_071, 262_139, 524_287,
-    1_048_573, 2_097_143, 4_194_301,
+    251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131_071, 262_139, 524_287, 1_048_573,
+    2_097_143, 4_194_301,
 ];
 
 /// Entries per backend a table should have at least (`M ≥ RATIO · N`).

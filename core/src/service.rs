@@ -607,8 +607,7 @@ impl<'a> ServiceTable<'a> {
                 .maglev
                 .copy_within(old_table_end..self.used_maglev, new_table_end);
             for s in self.s.services.iter_mut().skip(idx + 1) {
-                s.table_start =
-                    (s.table_start as usize + new_table_end - old_table_end) as u32;
+                s.table_start = (s.table_start as usize + new_table_end - old_table_end) as u32;
             }
         }
         self.used_maglev = new_used_maglev;
@@ -1626,7 +1625,9 @@ mod tests {
     /// The backend each of `flows` flow hashes is sent to.
     fn choices(t: &mut ServiceTable<'_>, frontend: IpAddr, flows: u64) -> Vec<IpAddr> {
         (0..flows)
-            .map(|h| forward(t.lookup(&query(frontend, 80, CLIENT, fmix64(h)), Instant::ZERO)).backend)
+            .map(|h| {
+                forward(t.lookup(&query(frontend, 80, CLIENT, fmix64(h)), Instant::ZERO)).backend
+            })
             .collect()
     }
 
