@@ -26,7 +26,10 @@
 //!
 //! The time step advances the clock by `step × 0.5 s` (so idle timeouts pass). Checked
 //! after every packet: no panic, conntrack within its capacity, and every span of the
-//! action inside the buffer.
+//! action inside the buffer. The input then runs again on a fresh node through
+//! `Datapath::process_burst`, every run of frames with time step 0 as one burst: the
+//! actions, the frames' bytes and the drop counters must be those of the one-by-one
+//! run.
 #![no_main]
 
 use core::net::{IpAddr, Ipv4Addr};
@@ -34,8 +37,8 @@ use core::net::{IpAddr, Ipv4Addr};
 use libfuzzer_sys::fuzz_target;
 use podwire_core::conntrack::{self, Bucket, Entry};
 use podwire_core::datapath::{
-    Action, Datapath, DatapathConfig, DatapathStorage, DatapathTables, FlowEvent, FrameMeta,
-    Ingress, PortKind, Span, HEADROOM,
+    Action, BurstFrame, Datapath, DatapathConfig, DatapathStorage, DatapathTables, FlowEvent,
+    FrameMeta, Ingress, PortKind, Span, HEADROOM,
 };
 use podwire_core::ids::{NodeId, PortId};
 use podwire_core::maglev::{self, MaglevScratch};
@@ -446,7 +449,21 @@ fn control(dp: &mut Datapath<'_>, op: u8, now: Instant) {
     }
 }
 
-fn run(data: &[u8], dp: &mut Datapath<'_>) {
+/// One step of an input: a control-plane change, or a frame.
+enum Record {
+    Control(u8, Instant),
+    Frame {
+        now: Instant,
+        ingress: Ingress,
+        buf: Vec<u8>,
+        span: Span,
+        meta: FrameMeta,
+    },
+}
+
+/// The records of an input (see the module documentation).
+fn records(data: &[u8]) -> Vec<Record> {
+    let mut out = Vec::new();
     let mut now = Instant::from_secs(1_000_000);
     let mut rest = data;
     while let [selector, step, lo, hi, tail @ ..] = rest {
@@ -456,7 +473,7 @@ fn run(data: &[u8], dp: &mut Datapath<'_>) {
         now += Duration::from_millis(u64::from(*step) * 500);
         let ingress_sel = selector & 7;
         if ingress_sel == 7 {
-            control(dp, bytes.first().copied().unwrap_or(0), now);
+            out.push(Record::Control(bytes.first().copied().unwrap_or(0), now));
             continue;
         }
         let frame = if selector & 0x80 != 0 {
@@ -502,14 +519,49 @@ fn run(data: &[u8], dp: &mut Datapath<'_>) {
             start: headroom,
             len: frame.len(),
         };
-        let meta = FrameMeta {
-            gso_size: (*step != 0).then(|| u16::from(*step) * 8 + 1),
-            checksum_partial: true,
-        };
-        let action = if selector & 0x08 != 0 {
-            dp.process_with(now, ingress, &mut buf, span, meta)
+        let meta = if selector & 0x08 != 0 {
+            FrameMeta {
+                gso_size: (*step != 0).then(|| u16::from(*step) * 8 + 1),
+                checksum_partial: true,
+            }
         } else {
-            dp.process(now, ingress, &mut buf, span)
+            FrameMeta::PLAIN
+        };
+        out.push(Record::Frame {
+            now,
+            ingress,
+            buf,
+            span,
+            meta,
+        });
+    }
+    out
+}
+
+/// Runs `records` one frame at a time, checking every action; returns the actions and
+/// the time of the last frame.
+fn run(records: &mut [Record], dp: &mut Datapath<'_>) -> (Vec<Action>, Instant) {
+    let mut actions = Vec::new();
+    let mut last = Instant::from_secs(1_000_000);
+    for record in records.iter_mut() {
+        let (now, ingress, buf, span, meta) = match record {
+            Record::Control(op, now) => {
+                control(dp, *op, *now);
+                continue;
+            }
+            Record::Frame {
+                now,
+                ingress,
+                buf,
+                span,
+                meta,
+            } => (*now, *ingress, buf, *span, *meta),
+        };
+        last = now;
+        let action = if meta.is_offloaded() {
+            dp.process_with(now, ingress, buf, span, meta)
+        } else {
+            dp.process(now, ingress, buf, span)
         };
         match action {
             Action::Deliver { frame, .. } | Action::Reply { frame } => {
@@ -522,20 +574,61 @@ fn run(data: &[u8], dp: &mut Datapath<'_>) {
             }
             Action::Drop(_) => {}
         }
+        actions.push(action);
         let ct = &dp.tables().conntrack;
         assert!(ct.len() <= ct.capacity());
         assert_eq!(ct.iter().count(), ct.len());
     }
-    // A process call with a span outside the buffer is a drop, not a panic.
-    let mut small = [0u8; 8];
-    let outside = Span {
-        start: 4,
-        len: usize::MAX,
-    };
-    assert!(matches!(
-        dp.process(now, Ingress::Port(PORT_A), &mut small, outside),
-        Action::Drop(_)
-    ));
+    (actions, last)
+}
+
+/// Runs `records` with `process_burst`, each run of frames that arrive at the same
+/// time as one burst; returns the actions.
+fn run_bursts(records: &mut [Record], dp: &mut Datapath<'_>) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let mut burst: Vec<BurstFrame<'_>> = Vec::new();
+    let mut burst_now = None;
+    for record in records.iter_mut() {
+        match record {
+            Record::Control(op, now) => {
+                flush(dp, burst_now, &mut burst, &mut actions);
+                control(dp, *op, *now);
+            }
+            Record::Frame {
+                now,
+                ingress,
+                buf,
+                span,
+                meta,
+            } => {
+                if burst_now != Some(*now) {
+                    flush(dp, burst_now, &mut burst, &mut actions);
+                    burst_now = Some(*now);
+                }
+                let mut frame = BurstFrame::new(*ingress, buf, *span);
+                frame.meta = *meta;
+                burst.push(frame);
+            }
+        }
+    }
+    flush(dp, burst_now, &mut burst, &mut actions);
+    actions
+}
+
+fn flush(
+    dp: &mut Datapath<'_>,
+    now: Option<Instant>,
+    burst: &mut Vec<BurstFrame<'_>>,
+    actions: &mut Vec<Action>,
+) {
+    if let Some(now) = now {
+        dp.process_burst(now, burst);
+    }
+    actions.extend(
+        burst
+            .drain(..)
+            .map(|f| f.action.expect("every frame of a burst is processed")),
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -544,5 +637,30 @@ fuzz_target!(|data: &[u8]| {
     let (producer, _consumer) = ring.split();
     let mut dp = datapath(&mut store);
     dp.events().connect(producer);
-    run(data, &mut dp);
+    let mut singles = records(data);
+    let (actions, last) = run(&mut singles, &mut dp);
+
+    // The same input in bursts: the same actions, the same bytes, the same counters.
+    let mut burst_store = Store::new();
+    let mut burst_dp = datapath(&mut burst_store);
+    let mut bursts = records(data);
+    let burst_actions = run_bursts(&mut bursts, &mut burst_dp);
+    assert_eq!(actions, burst_actions);
+    for (a, b) in singles.iter().zip(&bursts) {
+        if let (Record::Frame { buf: a, .. }, Record::Frame { buf: b, .. }) = (a, b) {
+            assert_eq!(a, b);
+        }
+    }
+    assert_eq!(dp.drops(), burst_dp.drops());
+
+    // A process call with a span outside the buffer is a drop, not a panic.
+    let mut small = [0u8; 8];
+    let outside = Span {
+        start: 4,
+        len: usize::MAX,
+    };
+    assert!(matches!(
+        dp.process(last, Ingress::Port(PORT_A), &mut small, outside),
+        Action::Drop(_)
+    ));
 });
