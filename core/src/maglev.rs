@@ -48,6 +48,28 @@
 //!   the next size (and one that shrinks, at the smaller one).
 //!
 //! Tests pin entries of a small table so any change to this contract is noticed.
+//!
+//! # Consistency, and what it costs
+//!
+//! Maglev balances exactly (every backend owns `⌊M/N⌋` or `⌈M/N⌉` entries) but is
+//! not minimally disruptive: removing one backend changes the turn order of the fill,
+//! and every entry the others claim after the first difference may change. Measured
+//! with `cargo bench -p podwire-core --bench maglev` (entries changed when one of `N`
+//! backends is removed, over the ideal `M/N`): 2.27× at N = 100, M = 16381; 1.54× at
+//! M = 65521; 1.23× at M = 262139; 1.11× at M = 1048573; and at N = 1000, 6.6× at
+//! M = 131071, 3.0× at M = 1048573, 1.9× at M = 4194301 — the excess falls roughly as
+//! `(M/N)^-½` and grows with `N`, so 1.2× at N = 1000 would take `M/N` of order 10⁴.
+//! The paper's own evaluation (§5.3) shows the same trade-off: of its two table
+//! sizes, 65537 and 655373, the larger is the more resilient to backend changes. A deterministic alternative was prototyped — the unique stable
+//! assignment of a greedy pass over `(entry, backend)` pairs by descending rendezvous
+//! score with exact capacities — and measured 1.70× (N = 100, M = 16381), 1.33×
+//! (M = 65521), 3.9× (N = 1000, M = 131071) and 1.9× (M = 1048573), at an `O(M·N)`
+//! build: better than Maglev, still short of 1.2×, and too slow for N = 5000. Both run
+//! into the same limit: with every backend held within 1 % of `M/N`, the `M/N`
+//! entries a removed backend frees land (by any hash) on backends that are already at
+//! their bound and must push an entry on, and rendezvous hashing alone, which moves
+//! nothing else, needs `M/N ≈ 10⁵` to stay within 1 %. Connection tracking pins every
+//! established flow, so disruption only re-maps *new* flows of a changed service.
 
 use crate::flow::fmix64;
 use core::net::IpAddr;
