@@ -671,36 +671,21 @@ fn main() {
         order.swap(i, rng.below(i + 1));
     }
     let probe_keys: Vec<FlowKey> = order.iter().map(|&i| keys[i]).collect();
-    let lookup = |keys: &[FlowKey]| -> f64 {
-        let mut v = Vec::new();
-        let reps = (262_144 / keys.len()).max(1);
-        for _ in 0..runs {
-            let start = Instant::now();
-            let mut n = 0u64;
-            for _ in 0..reps {
-                for key in keys {
-                    let key = black_box(key);
-                    let mut at = (key.hash(seed) as usize) & (slots - 1);
-                    let bits = loop {
-                        let e = &table[at];
-                        if !e.used {
-                            break u64::MAX;
-                        } else if e.key == *key {
-                            break e.verdict;
-                        }
-                        at = (at + 1) & (slots - 1);
-                    };
-                    n += u64::from(ConnVerdict::packed_is_allow(bits));
-                }
+    let home = |key: &FlowKey| (key.hash(seed) as usize) & (slots - 1);
+    let probe = |key: &FlowKey| -> u64 {
+        let mut at = home(key);
+        loop {
+            let e = &table[at];
+            if !e.used {
+                break u64::MAX;
+            } else if e.key == *key {
+                break e.verdict;
             }
-            black_box(n);
-            v.push(start.elapsed().as_nanos() as f64 / (reps * keys.len()) as f64);
+            at = (at + 1) & (slots - 1);
         }
-        min_median(v).0
     };
-    let established_ns = lookup(&probe_keys);
-    let hot_ns = lookup(&probe_keys[..1024]);
-    let lookup_burst = |keys: &[FlowKey]| -> f64 {
+    // With `look_ahead`, each window of 32 keys has its home slots read first.
+    let lookup = |keys: &[FlowKey], look_ahead: bool| -> f64 {
         let mut v = Vec::new();
         let reps = (262_144 / keys.len()).max(1);
         for _ in 0..runs {
@@ -709,23 +694,13 @@ fn main() {
             let mut touched = 0u64;
             for _ in 0..reps {
                 for window in keys.chunks(32) {
-                    for key in window {
-                        let at = (black_box(key).hash(seed) as usize) & (slots - 1);
-                        touched = touched.wrapping_add(table[at].verdict);
+                    if look_ahead {
+                        for key in window {
+                            touched = touched.wrapping_add(table[home(black_box(key))].verdict);
+                        }
                     }
                     for key in window {
-                        let key = black_box(key);
-                        let mut at = (key.hash(seed) as usize) & (slots - 1);
-                        let bits = loop {
-                            let e = &table[at];
-                            if !e.used {
-                                break u64::MAX;
-                            } else if e.key == *key {
-                                break e.verdict;
-                            }
-                            at = (at + 1) & (slots - 1);
-                        };
-                        n += u64::from(ConnVerdict::packed_is_allow(bits));
+                        n += u64::from(ConnVerdict::packed_is_allow(probe(black_box(key))));
                     }
                 }
             }
@@ -734,7 +709,9 @@ fn main() {
         }
         min_median(v).0
     };
-    let established_burst_ns = lookup_burst(&probe_keys);
+    let established_ns = lookup(&probe_keys, false);
+    let hot_ns = lookup(&probe_keys[..1024], false);
+    let established_burst_ns = lookup(&probe_keys, true);
 
     // The datapath's own table.
     let mut buckets = vec![conntrack::Bucket::EMPTY; conntrack::buckets_for(2 * keys.len())];
@@ -748,49 +725,36 @@ fn main() {
         let (src, dst, port, proto) = (key.src, key.dst, key.dst_port, key.protocol);
         ct.entry_mut(id).unwrap().verdict = t.evaluate_connection(src, dst, port, proto).pack();
     }
-    let ct_verdict = |ct: &mut conntrack::ConnTrack<'_>, key: &FlowKey| -> u64 {
-        match ct.lookup(key, now) {
-            Some((id, _)) => ct.entry(id).map_or(u64::MAX, |e| e.verdict),
-            None => u64::MAX,
+    let mut ct_lookup = |look_ahead: bool| -> f64 {
+        let mut v = Vec::new();
+        for _ in 0..runs {
+            let start = Instant::now();
+            let mut n = 0u64;
+            let mut touched = 0u64;
+            for _ in 0..4 {
+                for window in probe_keys.chunks(32) {
+                    if look_ahead {
+                        for key in window {
+                            touched = touched.wrapping_add(ct.touch(black_box(key)));
+                        }
+                    }
+                    for key in window {
+                        let bits = match ct.lookup(black_box(key), now) {
+                            Some((id, _)) => ct.entry(id).map_or(u64::MAX, |e| e.verdict),
+                            None => u64::MAX,
+                        };
+                        n += u64::from(ConnVerdict::packed_is_allow(bits));
+                    }
+                }
+            }
+            black_box((n, touched));
+            v.push(start.elapsed().as_nanos() as f64 / (4 * probe_keys.len()) as f64);
         }
+        min_median(v).0
     };
-    let mut single = Vec::new();
-    let mut burst = Vec::new();
-    for _ in 0..runs {
-        let start = Instant::now();
-        let mut n = 0u64;
-        for _ in 0..4 {
-            for key in &probe_keys {
-                n += u64::from(ConnVerdict::packed_is_allow(ct_verdict(
-                    &mut ct,
-                    black_box(key),
-                )));
-            }
-        }
-        black_box(n);
-        single.push(start.elapsed().as_nanos() as f64 / (4 * probe_keys.len()) as f64);
-        let start = Instant::now();
-        let mut n = 0u64;
-        let mut touched = 0u64;
-        for _ in 0..4 {
-            for window in probe_keys.chunks(32) {
-                for key in window {
-                    touched = touched.wrapping_add(ct.touch(black_box(key)));
-                }
-                for key in window {
-                    n += u64::from(ConnVerdict::packed_is_allow(ct_verdict(
-                        &mut ct,
-                        black_box(key),
-                    )));
-                }
-            }
-        }
-        black_box((n, touched));
-        burst.push(start.elapsed().as_nanos() as f64 / (4 * probe_keys.len()) as f64);
-    }
+    let ct_ns = ct_lookup(false);
+    let ct_burst_ns = ct_lookup(true);
     assert_eq!(ct.counters().misses, 0, "every probe key is tracked");
-    let (ct_ns, _) = min_median(single);
-    let (ct_burst_ns, _) = min_median(burst);
     println!(
         "{{\"case\":\"established\",\"what\":\"flow hash + probe of 64-byte entries (65536 flows, 50% load, random order: a cache miss per packet) + packed verdict test\",\"entry_bytes\":{},\"ns_per_packet_min\":{established_ns:.1}}}",
         std::mem::size_of::<FlowEntry>()

@@ -392,6 +392,36 @@ fn address_words(addr: IpAddr) -> (u64, u64, u64) {
     }
 }
 
+/// Gives the range `start..start + old_len` of an arena packed up to `used` the length
+/// `new_len`, moving everything after it (the caller has checked that it fits).
+fn resize_range<T: Copy>(
+    arena: &mut [T],
+    used: usize,
+    start: usize,
+    old_len: usize,
+    new_len: usize,
+) {
+    if old_len != new_len {
+        arena.copy_within(start + old_len..used, start + new_len);
+    }
+}
+
+/// Moves the arena start (`start_of`) of each of the `later` services by the change of
+/// a range before them from `old_len` to `new_len`.
+fn shift_starts(
+    later: &mut [ServiceSlot],
+    old_len: usize,
+    new_len: usize,
+    start_of: fn(&mut ServiceSlot) -> &mut u32,
+) {
+    if old_len != new_len {
+        for s in later {
+            let start = start_of(s);
+            *start = (*start as usize + new_len - old_len) as u32;
+        }
+    }
+}
+
 /// `hash` reduced to `0..len` (multiply-shift), `len > 0`.
 fn home(hash: u64, len: usize) -> usize {
     (((hash >> 32) * (len as u64 & 0xffff_ffff)) >> 32) as usize
@@ -587,29 +617,22 @@ impl<'a> ServiceTable<'a> {
         }
 
         // Shift the backends and Maglev tables of the services after this one.
+        let later = self.s.services.get_mut(idx + 1..).unwrap_or_default();
         let start = slot.start as usize;
-        let old_end = start + old_len;
         let new_end = start + n;
-        if old_end != new_end {
-            self.s
-                .backends
-                .copy_within(old_end..self.used_backends, new_end);
-            for s in self.s.services.iter_mut().skip(idx + 1) {
-                s.start = (s.start as usize + new_end - old_end) as u32;
-            }
-        }
+        resize_range(self.s.backends, self.used_backends, start, old_len, n);
+        shift_starts(later, old_len, n, |s| &mut s.start);
         self.used_backends = new_used;
         let table_start = slot.table_start as usize;
-        let old_table_end = table_start + old_table_len;
         let new_table_end = table_start + table_len;
-        if old_table_end != new_table_end {
-            self.s
-                .maglev
-                .copy_within(old_table_end..self.used_maglev, new_table_end);
-            for s in self.s.services.iter_mut().skip(idx + 1) {
-                s.table_start = (s.table_start as usize + new_table_end - old_table_end) as u32;
-            }
-        }
+        resize_range(
+            self.s.maglev,
+            self.used_maglev,
+            table_start,
+            old_table_len,
+            table_len,
+        );
+        shift_starts(later, old_table_len, table_len, |s| &mut s.table_start);
         self.used_maglev = new_used_maglev;
 
         let range = self
