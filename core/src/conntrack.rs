@@ -809,18 +809,7 @@ impl<'a> ConnTrack<'a> {
     /// reported as a miss.
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, now: Instant) -> Option<(EntryId, Direction)> {
-        self.lookup_hashed(key, key.hash(self.config.seed), now)
-    }
-
-    /// [`ConnTrack::lookup`] with `h`, the hash of `key` under [`Config::seed`],
-    /// already computed.
-    #[inline]
-    pub(crate) fn lookup_hashed(
-        &mut self,
-        key: &FlowKey,
-        h: u64,
-        now: Instant,
-    ) -> Option<(EntryId, Direction)> {
+        let h = key.hash(self.config.seed);
         match self.find(key, h) {
             Some(f) if !self.entries[f.index as usize].is_expired(now) => {
                 self.counters.hits = self.counters.hits.wrapping_add(1);
@@ -848,12 +837,7 @@ impl<'a> ConnTrack<'a> {
     /// for one after the other. Changes nothing and counts nothing.
     #[inline]
     pub fn touch(&self, key: &FlowKey) -> u64 {
-        self.touch_hashed(key.hash(self.config.seed))
-    }
-
-    /// [`ConnTrack::touch`] of the key whose hash under [`Config::seed`] is `h`.
-    #[inline]
-    pub(crate) fn touch_hashed(&self, h: u64) -> u64 {
+        let h = key.hash(self.config.seed);
         let Some(bucket) = self.buckets.get(self.home(h)) else {
             return 0;
         };

@@ -199,9 +199,6 @@ pub struct Datapath<'a> {
     overlay_gso: bool,
     /// What [`Datapath::process_burst`]'s look-ahead read, kept so the reads stay.
     touched: u64,
-    /// The flow key and conntrack hash the look-ahead found for the frame being
-    /// processed, so that its lookup does not hash the key again.
-    lookahead: Option<(FlowKey, u64)>,
 }
 
 impl<'a> Datapath<'a> {
@@ -218,7 +215,6 @@ impl<'a> Datapath<'a> {
             route_epoch: 1,
             overlay_gso: false,
             touched: 0,
-            lookahead: None,
         }
     }
 
@@ -494,13 +490,7 @@ impl<'a> Datapath<'a> {
         frame: Span,
         packet: &Ipv4Summary,
     ) -> Action {
-        let tracked = match self.lookahead.take() {
-            Some((key, hash)) if key == packet.key => {
-                self.tables.conntrack.lookup_hashed(&packet.key, hash, now)
-            }
-            _ => self.tables.conntrack.lookup(&packet.key, now),
-        };
-        let fate = match tracked {
+        let fate = match self.tables.conntrack.lookup(&packet.key, now) {
             Some((id, dir)) => self.established(now, origin, id, dir, frame, packet),
             None if packet.icmp_error => Fate::Drop(DropReason::UntrackedIcmpError),
             None => self.new_connection(now, origin, buf, frame, packet),

@@ -18,8 +18,7 @@
 //!    equivalent, and on a core without out-of-order execution it costs little more
 //!    than the misses the second pass would take anyway.
 //! 2. **Process.** Every frame goes through the ordinary one-frame pipeline, in
-//!    order, now finding its lines in cache; its conntrack lookup reuses the hash of
-//!    the first pass when the parsed key is the one peeked. The actions are exactly those of
+//!    order, now finding its lines in cache. The actions are exactly those of
 //!    calling [`Datapath::process_with`] on each frame in turn.
 //!
 //! A window of 32 frames touches at most 96 lines (6 KiB), well inside any L1 data
@@ -72,22 +71,16 @@ impl<'a> Datapath<'a> {
     /// on each frame in order, with the memory of each window of [`BURST_WINDOW`]
     /// frames read ahead (see the module's design note).
     pub fn process_burst(&mut self, now: Instant, frames: &mut [BurstFrame<'_>]) {
-        let seed = self.tables.conntrack.config().seed;
         for window in frames.chunks_mut(BURST_WINDOW) {
             let mut touched = self.touched;
-            let mut keys = [None; BURST_WINDOW];
-            for (f, slot) in window.iter().zip(keys.iter_mut()) {
+            for f in window.iter() {
                 if let Some(key) = self.peek_key(f) {
-                    let hash = key.hash(seed);
-                    touched = touched.wrapping_add(self.tables.conntrack.touch_hashed(hash));
-                    *slot = Some((key, hash));
+                    touched = touched.wrapping_add(self.tables.conntrack.touch(&key));
                 }
             }
             self.touched = touched;
-            for (f, key) in window.iter_mut().zip(keys) {
-                self.lookahead = key;
+            for f in window.iter_mut() {
                 f.action = Some(self.process_with(now, f.ingress, f.buf, f.frame, f.meta));
-                self.lookahead = None;
             }
         }
     }
