@@ -449,16 +449,18 @@ fn control(dp: &mut Datapath<'_>, op: u8, now: Instant) {
     }
 }
 
-/// One step of an input: a control-plane change, or a frame.
+/// One step of an input: a control-plane change, or a frame at a time.
 enum Record {
     Control(u8, Instant),
-    Frame {
-        now: Instant,
-        ingress: Ingress,
-        buf: Vec<u8>,
-        span: Span,
-        meta: FrameMeta,
-    },
+    Frame(Instant, Input),
+}
+
+/// A frame of an input and where it enters.
+struct Input {
+    ingress: Ingress,
+    buf: Vec<u8>,
+    span: Span,
+    meta: FrameMeta,
 }
 
 /// The records of an input (see the module documentation).
@@ -527,13 +529,15 @@ fn records(data: &[u8]) -> Vec<Record> {
         } else {
             FrameMeta::PLAIN
         };
-        out.push(Record::Frame {
+        out.push(Record::Frame(
             now,
-            ingress,
-            buf,
-            span,
-            meta,
-        });
+            Input {
+                ingress,
+                buf,
+                span,
+                meta,
+            },
+        ));
     }
     out
 }
@@ -544,24 +548,19 @@ fn run(records: &mut [Record], dp: &mut Datapath<'_>) -> (Vec<Action>, Instant) 
     let mut actions = Vec::new();
     let mut last = Instant::from_secs(1_000_000);
     for record in records.iter_mut() {
-        let (now, ingress, buf, span, meta) = match record {
+        let (now, f) = match record {
             Record::Control(op, now) => {
                 control(dp, *op, *now);
                 continue;
             }
-            Record::Frame {
-                now,
-                ingress,
-                buf,
-                span,
-                meta,
-            } => (*now, *ingress, buf, *span, *meta),
+            Record::Frame(now, f) => (*now, f),
         };
         last = now;
-        let action = if meta.is_offloaded() {
-            dp.process_with(now, ingress, buf, span, meta)
+        let buf = &mut f.buf;
+        let action = if f.meta.is_offloaded() {
+            dp.process_with(now, f.ingress, buf, f.span, f.meta)
         } else {
-            dp.process(now, ingress, buf, span)
+            dp.process(now, f.ingress, buf, f.span)
         };
         match action {
             Action::Deliver { frame, .. } | Action::Reply { frame } => {
@@ -594,19 +593,13 @@ fn run_bursts(records: &mut [Record], dp: &mut Datapath<'_>) -> Vec<Action> {
                 flush(dp, burst_now, &mut burst, &mut actions);
                 control(dp, *op, *now);
             }
-            Record::Frame {
-                now,
-                ingress,
-                buf,
-                span,
-                meta,
-            } => {
+            Record::Frame(now, f) => {
                 if burst_now != Some(*now) {
                     flush(dp, burst_now, &mut burst, &mut actions);
                     burst_now = Some(*now);
                 }
-                let mut frame = BurstFrame::new(*ingress, buf, *span);
-                frame.meta = *meta;
+                let mut frame = BurstFrame::new(f.ingress, &mut f.buf, f.span);
+                frame.meta = f.meta;
                 burst.push(frame);
             }
         }
@@ -647,8 +640,8 @@ fuzz_target!(|data: &[u8]| {
     let burst_actions = run_bursts(&mut bursts, &mut burst_dp);
     assert_eq!(actions, burst_actions);
     for (a, b) in singles.iter().zip(&bursts) {
-        if let (Record::Frame { buf: a, .. }, Record::Frame { buf: b, .. }) = (a, b) {
-            assert_eq!(a, b);
+        if let (Record::Frame(_, a), Record::Frame(_, b)) = (a, b) {
+            assert_eq!(a.buf, b.buf);
         }
     }
     assert_eq!(dp.drops(), burst_dp.drops());
