@@ -63,27 +63,22 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant as WallClock;
 
-use podwire_core::conntrack::{self, Bucket, Entry};
+use podwire_core::conntrack;
 use podwire_core::datapath::{
-    Action, BurstFrame, Datapath, DatapathConfig, DatapathStorage, DatapathTables, Ingress,
-    PortKind, Span, HEADROOM,
+    Action, BurstFrame, Datapath, DatapathConfig, Ingress, PortKind, Span, HEADROOM,
 };
 use podwire_core::ids::{NodeId, PortId};
-use podwire_core::maglev::{self, MaglevScratch};
 use podwire_core::policy::{
-    DirPolicy, EndpointPolicy, Identity, IpSlot, PeerSpec, PolicyId, PolicyStorage, PortProtocol,
-    PortRange, Prefix, Rule, RuleSpec,
+    DirPolicy, EndpointPolicy, Identity, PeerSpec, PolicyId, PortProtocol, PortRange, RuleSpec,
 };
-use podwire_core::route::{
-    GatewaySlot, Ipv4Prefix, NextHop, RouteEntry, RouteLayout, RouteStorage, RouteTable, TrieNode,
-};
+use podwire_core::route::{Ipv4Prefix, NextHop, RouteLayout};
 use podwire_core::service::{
-    AffinitySlot, Backend, BackendSlot, Conditions, Frontend, FrontendKind, FrontendSlot,
-    ServiceConfig, ServiceId, ServiceSlot, ServiceStorage, TrafficPolicy,
+    Backend, Conditions, Frontend, FrontendKind, ServiceConfig, ServiceId, TrafficPolicy,
 };
-use podwire_core::vxlan::{Vtep, VtepSlot, VxlanConfig, IPV4_OVERHEAD};
+use podwire_core::vxlan::{Vtep, VxlanConfig, IPV4_OVERHEAD};
 use podwire_core::wire::EthernetAddress;
 use podwire_core::Instant;
+use podwire_testkit::{NodeStore, TableSizes};
 
 const PODS: usize = 100;
 const NODES: usize = 100;
@@ -112,10 +107,6 @@ const INNER_HEADERS: usize = 14 + 20 + 20;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH: u8 = 0x08;
-
-fn leak<T: Clone>(value: T, n: usize) -> &'static mut [T] {
-    Box::leak(vec![value; n].into_boxed_slice())
-}
 
 fn local_pod(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, 0, 2 + i as u8)
@@ -149,8 +140,6 @@ fn identity_of(pod_index: usize) -> Identity {
 /// The node under test with realistic tables (see the module documentation).
 fn node_under_test() -> Datapath<'static> {
     let prefixes = 1 + PODS + NODES;
-    let layout =
-        RouteTable::<Ipv4Addr>::layout(RouteLayout::suggested_direct_bits(prefixes), prefixes, 4);
     let mut vxlan = VxlanConfig::new(IpAddr::V4(UNDERLAY_IP), UNDERLAY_MAC);
     vxlan.underlay_mtu = 1500;
     let config = DatapathConfig {
@@ -161,43 +150,28 @@ fn node_under_test() -> Datapath<'static> {
         vxlan,
         flow_seed: 7,
     };
-    let cluster_pods = PODS + NODES * PODS;
-    let storage = DatapathStorage {
-        ports: leak(None, PODS + 2),
-        routes: RouteStorage {
-            direct: leak(0u32, layout.direct),
-            nodes: leak(TrieNode::default(), layout.nodes),
-            leaves: leak(0u32, layout.leaves),
-            routes: leak(RouteEntry::default(), layout.routes),
-            gateways: leak(GatewaySlot::default(), layout.gateways),
-        },
-        vteps: leak(VtepSlot::EMPTY, NODES + 1),
-        services: ServiceStorage {
-            services: leak(ServiceSlot::EMPTY, SERVICES),
-            frontends: leak(FrontendSlot::EMPTY, 2 * SERVICES),
-            backends: leak(BackendSlot::EMPTY, SERVICES * BACKENDS_PER_SERVICE),
-            maglev: leak(0u16, SERVICES * MAGLEV_SIZE as usize),
-            scratch: leak(MaglevScratch::ZERO, maglev::scratch_len(16)),
-            affinity: leak(AffinitySlot::EMPTY, 256),
-        },
-        conntrack_buckets: leak(Bucket::EMPTY, conntrack::buckets_for(CONNTRACK_ENTRIES)),
-        conntrack_entries: leak(Entry::EMPTY, CONNTRACK_ENTRIES),
-        policy: PolicyStorage {
-            addresses: leak(IpSlot::EMPTY, cluster_pods * 8 / 7 + 64),
-            endpoint_policies: leak(EndpointPolicy::default(), 64),
-            rules: leak(Rule::EMPTY, 256),
-            ports: leak(PortRange::ANY, 256),
-            peers: leak(Identity(0), 1024),
-            prefixes: leak(Prefix::EMPTY, 16),
-        },
+    let sizes = TableSizes {
+        ports: PODS + 2,
+        route_direct_bits: RouteLayout::suggested_direct_bits(prefixes),
+        routes: prefixes,
+        route_gateways: 4,
+        vteps: NODES + 1,
+        services: SERVICES,
+        frontends: 2 * SERVICES,
+        backends: SERVICES * BACKENDS_PER_SERVICE,
+        backends_per_service: 16,
+        max_maglev: MAGLEV_SIZE,
+        maglev_entries: SERVICES * MAGLEV_SIZE as usize,
+        affinity: 256,
+        connections: CONNTRACK_ENTRIES,
+        addresses: (PODS + NODES * PODS) * 8 / 7 + 64,
+        endpoint_policies: 64,
+        rules: 256,
+        policy_ports: 256,
+        peers: 1024,
+        prefixes: 16,
     };
-    let tables = DatapathTables::new(
-        storage,
-        NodeId(1),
-        MAGLEV_SIZE,
-        conntrack::Config::default(),
-    )
-    .unwrap();
+    let tables = NodeStore::leak(sizes, NodeId(1)).unwrap();
     let mut dp = Datapath::new(config, tables);
 
     dp.ports_mut()

@@ -35,27 +35,22 @@
 use core::net::{IpAddr, Ipv4Addr};
 
 use libfuzzer_sys::fuzz_target;
-use podwire_core::conntrack::{self, Bucket, Entry};
 use podwire_core::datapath::{
-    Action, BurstFrame, Datapath, DatapathConfig, DatapathStorage, DatapathTables, FlowEvent,
-    FrameMeta, Ingress, PortKind, Span, HEADROOM,
+    Action, BurstFrame, Datapath, DatapathConfig, FlowEvent, FrameMeta, Ingress, PortKind, Span,
+    HEADROOM,
 };
 use podwire_core::ids::{NodeId, PortId};
-use podwire_core::maglev::{self, MaglevScratch};
 use podwire_core::policy::{
-    DirPolicy, EndpointPolicy, Identity, IpSlot, PeerSpec, PolicyId, PolicyStorage, PortProtocol,
-    PortRange, Prefix, Rule, RuleSpec,
+    DirPolicy, EndpointPolicy, Identity, PeerSpec, PolicyId, PortProtocol, PortRange, RuleSpec,
 };
-use podwire_core::route::{
-    GatewaySlot, Ipv4Prefix, NextHop, RouteEntry, RouteStorage, RouteTable, TrieNode,
-};
+use podwire_core::route::{Ipv4Prefix, NextHop};
 use podwire_core::service::{
-    AffinitySlot, Backend, BackendSlot, Conditions, Frontend, FrontendKind, FrontendSlot,
-    ServiceConfig, ServiceId, ServiceSlot, ServiceStorage, TrafficPolicy,
+    Backend, Conditions, Frontend, FrontendKind, ServiceConfig, ServiceId, TrafficPolicy,
 };
-use podwire_core::vxlan::{Vtep, VtepSlot, VxlanConfig, IPV4_OVERHEAD};
+use podwire_core::vxlan::{Vtep, VxlanConfig, IPV4_OVERHEAD};
 use podwire_core::wire::EthernetAddress;
 use podwire_core::{Duration, Instant};
+use podwire_testkit::{NodeStore, TableSizes};
 
 const ROUTER1: EthernetAddress = EthernetAddress([0x02, 0xaa, 0, 0, 0, 1]);
 const ROUTER2: EthernetAddress = EthernetAddress([0x02, 0xaa, 0, 0, 0, 2]);
@@ -78,61 +73,30 @@ const RAW_UNDERLAY: PortId = PortId(3);
 const CONNTRACK_ENTRIES: usize = 16;
 const MAGLEV_SIZE: u32 = 251;
 
-/// The caller-owned storage of every table.
-struct Store {
-    direct: Vec<u32>,
-    nodes: Vec<TrieNode>,
-    leaves: Vec<u32>,
-    routes: Vec<RouteEntry<Ipv4Addr>>,
-    gateways: Vec<GatewaySlot>,
-    services: Vec<ServiceSlot>,
-    frontends: Vec<FrontendSlot>,
-    backends: Vec<BackendSlot>,
-    maglev: Vec<u16>,
-    scratch: Vec<MaglevScratch>,
-    affinity: Vec<AffinitySlot>,
-    buckets: Vec<Bucket>,
-    entries: Vec<Entry>,
-    addresses: Vec<IpSlot<podwire_core::policy::AddrInfo>>,
-    endpoint_policies: Vec<EndpointPolicy>,
-    rules: Vec<Rule>,
-    policy_ports: Vec<PortRange>,
-    peers: Vec<Identity>,
-    prefixes: Vec<Prefix>,
-    ports: Vec<Option<PortKind>>,
-    vteps: Vec<VtepSlot>,
-}
+/// The sizes of the node's tables.
+const SIZES: TableSizes = TableSizes {
+    ports: 6,
+    route_direct_bits: 8,
+    routes: 16,
+    route_gateways: 4,
+    vteps: 4,
+    services: 2,
+    frontends: 8,
+    backends: 8,
+    backends_per_service: 4,
+    max_maglev: MAGLEV_SIZE,
+    maglev_entries: 2 * MAGLEV_SIZE as usize,
+    affinity: 8,
+    connections: CONNTRACK_ENTRIES,
+    addresses: 16,
+    endpoint_policies: 4,
+    rules: 8,
+    policy_ports: 8,
+    peers: 8,
+    prefixes: 4,
+};
 
-impl Store {
-    fn new() -> Store {
-        let layout = RouteTable::<Ipv4Addr>::layout(8, 16, 4);
-        Store {
-            direct: vec![0; layout.direct],
-            nodes: vec![TrieNode::default(); layout.nodes],
-            leaves: vec![0; layout.leaves],
-            routes: vec![RouteEntry::default(); layout.routes],
-            gateways: vec![GatewaySlot::default(); layout.gateways],
-            services: vec![ServiceSlot::EMPTY; 2],
-            frontends: vec![FrontendSlot::EMPTY; 8],
-            backends: vec![BackendSlot::EMPTY; 8],
-            maglev: vec![0; 2 * MAGLEV_SIZE as usize],
-            scratch: vec![MaglevScratch::ZERO; maglev::scratch_len(4)],
-            affinity: vec![AffinitySlot::EMPTY; 8],
-            buckets: vec![Bucket::EMPTY; conntrack::buckets_for(CONNTRACK_ENTRIES)],
-            entries: vec![Entry::EMPTY; CONNTRACK_ENTRIES],
-            addresses: vec![IpSlot::EMPTY; 16],
-            endpoint_policies: vec![EndpointPolicy::default(); 4],
-            rules: vec![Rule::EMPTY; 8],
-            policy_ports: vec![PortRange::ANY; 8],
-            peers: vec![Identity(0); 8],
-            prefixes: vec![Prefix::EMPTY; 4],
-            ports: vec![None; 6],
-            vteps: vec![VtepSlot::EMPTY; 4],
-        }
-    }
-}
-
-fn datapath(st: &mut Store) -> Datapath<'_> {
+fn datapath(st: &mut NodeStore) -> Datapath<'_> {
     let mut vxlan = VxlanConfig::new(IpAddr::V4(NODE1_IP), UNDERLAY_MAC1);
     vxlan.underlay_mtu = 1500;
     let config = DatapathConfig {
@@ -143,42 +107,7 @@ fn datapath(st: &mut Store) -> Datapath<'_> {
         vxlan,
         flow_seed: 7,
     };
-    let storage = DatapathStorage {
-        ports: &mut st.ports,
-        routes: RouteStorage {
-            direct: &mut st.direct,
-            nodes: &mut st.nodes,
-            leaves: &mut st.leaves,
-            routes: &mut st.routes,
-            gateways: &mut st.gateways,
-        },
-        vteps: &mut st.vteps,
-        services: ServiceStorage {
-            services: &mut st.services,
-            frontends: &mut st.frontends,
-            backends: &mut st.backends,
-            maglev: &mut st.maglev,
-            scratch: &mut st.scratch,
-            affinity: &mut st.affinity,
-        },
-        conntrack_buckets: &mut st.buckets,
-        conntrack_entries: &mut st.entries,
-        policy: PolicyStorage {
-            addresses: &mut st.addresses,
-            endpoint_policies: &mut st.endpoint_policies,
-            rules: &mut st.rules,
-            ports: &mut st.policy_ports,
-            peers: &mut st.peers,
-            prefixes: &mut st.prefixes,
-        },
-    };
-    let tables = DatapathTables::new(
-        storage,
-        NodeId(1),
-        MAGLEV_SIZE,
-        conntrack::Config::default(),
-    )
-    .unwrap();
+    let tables = st.tables(NodeId(1)).unwrap();
     let mut dp = Datapath::new(config, tables);
     let ports = dp.ports_mut();
     ports.set(HOST, PortKind::Host { mac: HOST_MAC }).unwrap();
@@ -625,7 +554,7 @@ fn flush(
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut store = Store::new();
+    let mut store = NodeStore::new(SIZES);
     let mut ring: heapless::spsc::Queue<FlowEvent, 4> = heapless::spsc::Queue::new();
     let (producer, _consumer) = ring.split();
     let mut dp = datapath(&mut store);
@@ -634,7 +563,7 @@ fuzz_target!(|data: &[u8]| {
     let (actions, last) = run(&mut singles, &mut dp);
 
     // The same input in bursts: the same actions, the same bytes, the same counters.
-    let mut burst_store = Store::new();
+    let mut burst_store = NodeStore::new(SIZES);
     let mut burst_dp = datapath(&mut burst_store);
     let mut bursts = records(data);
     let burst_actions = run_bursts(&mut bursts, &mut burst_dp);
