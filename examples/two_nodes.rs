@@ -14,34 +14,26 @@
 //!    to the client as coming from the service address.
 //!
 //! Each step prints the `Action` the datapath returned and the frame it produced. The
-//! tables take caller-owned storage; here it is leaked `Vec`s, sized at run time.
+//! tables take caller-owned storage; here it is `podwire-testkit`'s `NodeStore`,
+//! `Vec`s sized at run time from a `TableSizes` and leaked for the program's lifetime.
 //!
 //! Run it with `cargo run -p podwire-examples --bin two_nodes`.
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use podwire_core::conntrack::{self, Bucket, Direction, Entry};
-use podwire_core::datapath::{
-    Action, Datapath, DatapathConfig, DatapathStorage, DatapathTables, Ingress, PortKind, Span,
-    HEADROOM,
-};
+use podwire_core::conntrack::Direction;
+use podwire_core::datapath::{Action, Datapath, DatapathConfig, Ingress, PortKind, Span, HEADROOM};
 use podwire_core::ids::{NodeId, PortId};
-use podwire_core::maglev::{self, MaglevScratch};
-use podwire_core::policy::{
-    EndpointPolicy, Identity, IpSlot, PolicyStorage, PortRange, Prefix, Rule,
-};
-use podwire_core::route::{
-    GatewaySlot, Ipv4Prefix, Ipv4RouteTable, NextHop, RouteEntry, RouteStorage, TrieNode,
-};
+use podwire_core::route::{Ipv4Prefix, NextHop};
 use podwire_core::service::{
-    AffinitySlot, Backend, BackendSlot, Conditions, Frontend, FrontendKind, FrontendSlot,
-    ServiceConfig, ServiceId, ServiceSlot, ServiceStorage, TrafficPolicy,
+    Backend, Conditions, Frontend, FrontendKind, ServiceConfig, ServiceId, TrafficPolicy,
 };
-use podwire_core::vxlan::{Vtep, VtepSlot, VxlanConfig};
+use podwire_core::vxlan::{Vtep, VxlanConfig};
 use podwire_core::wire::EthernetAddress;
 use podwire_core::Instant;
 
 use podwire_examples::{self as frames, Transport, ACK, SYN};
+use podwire_testkit::{NodeStore, TableSizes};
 
 /// A node: its id, pod block, gateway, underlay address and MACs.
 struct NodeSpec {
@@ -122,51 +114,31 @@ fn main() {
     summary(&node1, &node2);
 }
 
-/// Leaks a table's storage: a program-lifetime slice, as a firmware's static would be.
-fn leak<T: Clone>(value: T, n: usize) -> &'static mut [T] {
-    Box::leak(vec![value; n].into_boxed_slice())
-}
-
 /// Step 0: one node's datapath over caller-owned tables, with its host port and the
 /// route of its gateway address to the host.
 fn build_node(spec: &NodeSpec) -> Datapath<'static> {
-    let layout = Ipv4RouteTable::layout(8, 16, 2);
-    let storage = DatapathStorage {
-        ports: leak(None, 4),
-        routes: RouteStorage {
-            direct: leak(0u32, layout.direct),
-            nodes: leak(TrieNode::default(), layout.nodes),
-            leaves: leak(0u32, layout.leaves),
-            routes: leak(RouteEntry::default(), layout.routes),
-            gateways: leak(GatewaySlot::default(), layout.gateways),
-        },
-        vteps: leak(VtepSlot::EMPTY, 4),
-        services: ServiceStorage {
-            services: leak(ServiceSlot::EMPTY, 4),
-            frontends: leak(FrontendSlot::EMPTY, 8),
-            backends: leak(BackendSlot::EMPTY, 16),
-            maglev: leak(0u16, 4 * MAGLEV_M as usize),
-            scratch: leak(MaglevScratch::ZERO, maglev::scratch_len(8)),
-            affinity: leak(AffinitySlot::EMPTY, 0),
-        },
-        conntrack_buckets: leak(Bucket::EMPTY, conntrack::buckets_for(64)),
-        conntrack_entries: leak(Entry::EMPTY, 64),
-        policy: PolicyStorage {
-            addresses: leak(IpSlot::EMPTY, 16),
-            endpoint_policies: leak(EndpointPolicy::default(), 4),
-            rules: leak(Rule::EMPTY, 8),
-            ports: leak(PortRange::ANY, 8),
-            peers: leak(Identity(0), 8),
-            prefixes: leak(Prefix::EMPTY, 4),
-        },
+    let sizes = TableSizes {
+        ports: 4,
+        route_direct_bits: 8,
+        routes: 16,
+        route_gateways: 2,
+        vteps: 4,
+        services: 4,
+        frontends: 8,
+        backends: 16,
+        backends_per_service: 8,
+        max_maglev: MAGLEV_M,
+        maglev_entries: 4 * MAGLEV_M as usize,
+        affinity: 0,
+        connections: 64,
+        addresses: 16,
+        endpoint_policies: 4,
+        rules: 8,
+        policy_ports: 8,
+        peers: 8,
+        prefixes: 4,
     };
-    let tables = DatapathTables::new(
-        storage,
-        NodeId(spec.id),
-        MAGLEV_M,
-        conntrack::Config::default(),
-    )
-    .expect("storage fits its tables");
+    let tables = NodeStore::leak(sizes, NodeId(spec.id)).expect("storage fits its tables");
     let config = DatapathConfig {
         node: NodeId(spec.id),
         router_mac: spec.router_mac,

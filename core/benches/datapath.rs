@@ -4,7 +4,8 @@
 //! The node under test (node 1, block 10.244.0.0/24, underlay 192.168.0.1) has 100 pods
 //! (ports 1–100; port 0 is the host, port 101 a raw underlay device), routes and VTEPs
 //! of 100 remote nodes (block 10.244.k.0/24, underlay 192.168.1.k), 100 ClusterIP
-//! services with 3 backends each (Maglev M = 4093), NetworkPolicy (identities for all
+//! services with 3 backends each (Maglev tables of at most 4093 entries, 509 for 3
+//! backends), NetworkPolicy (identities for all
 //! 10 100 pods of the cluster, half the local pods isolated for ingress and a quarter
 //! for egress by rules that admit the benchmark's traffic) and a conntrack of 65 536
 //! entries holding 10 000 live connections. Each connection is a local pod's TCP
@@ -25,6 +26,13 @@
 //!   underlay port (full outer header validation, UDP checksum zero as sent by
 //!   podwire and flannel).
 //!
+//! Each case runs twice: one frame per `Datapath::process` call (`mode = "single"`)
+//! and [`BURST`] frames per `Datapath::process_burst` call (`mode = "burst"`), which
+//! reads every frame's conntrack bucket and entry before processing the first, so the
+//! cache misses of the burst overlap. Both visit the connections in the same order.
+//! At 1 flow a burst is 32 buffers holding the same connection's frame, as a shell's
+//! receive ring would.
+//!
 //! `process` rewrites the frame in place, so every packet must start from the original
 //! bytes. Two ways are measured, and the reset is also timed alone:
 //!
@@ -41,7 +49,13 @@
 //! Timing: `ROUNDS` rounds per case, cases interleaved round by round; min and median
 //! ns per packet. The last line is the summary; its `tx_ns_per_packet` and
 //! `rx_ns_per_packet` are the minimum over rounds of the 10 000-connection
-//! `headers` case (rx: the socket ingress), reset included.
+//! `headers` case (rx: the socket ingress), reset included, one frame at a time; the
+//! `burst_*` figures are the same cases through `process_burst`.
+//!
+//! Instructions per packet (this machine's timings are noisy): run the bench binary
+//! under `valgrind --tool=callgrind` twice with one case selected and two packet
+//! counts, and divide the difference of the instruction totals by the difference of
+//! the packets processed (see the README).
 //!
 //! Run: `cargo bench -p podwire-core --bench datapath`.
 
@@ -49,27 +63,22 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant as WallClock;
 
-use podwire_core::conntrack::{self, Bucket, Entry};
+use podwire_core::conntrack;
 use podwire_core::datapath::{
-    Action, Datapath, DatapathConfig, DatapathStorage, DatapathTables, Ingress, PortKind, Span,
-    HEADROOM,
+    Action, BurstFrame, Datapath, DatapathConfig, Ingress, PortKind, Span, HEADROOM,
 };
 use podwire_core::ids::{NodeId, PortId};
-use podwire_core::maglev::{self, MaglevScratch};
 use podwire_core::policy::{
-    DirPolicy, EndpointPolicy, Identity, IpSlot, PeerSpec, PolicyId, PolicyStorage, PortProtocol,
-    PortRange, Prefix, Rule, RuleSpec,
+    DirPolicy, EndpointPolicy, Identity, PeerSpec, PolicyId, PortProtocol, PortRange, RuleSpec,
 };
-use podwire_core::route::{
-    GatewaySlot, Ipv4Prefix, NextHop, RouteEntry, RouteLayout, RouteStorage, RouteTable, TrieNode,
-};
+use podwire_core::route::{Ipv4Prefix, NextHop, RouteLayout};
 use podwire_core::service::{
-    AffinitySlot, Backend, BackendSlot, Conditions, Frontend, FrontendKind, FrontendSlot,
-    ServiceConfig, ServiceId, ServiceSlot, ServiceStorage, TrafficPolicy,
+    Backend, Conditions, Frontend, FrontendKind, ServiceConfig, ServiceId, TrafficPolicy,
 };
-use podwire_core::vxlan::{Vtep, VtepSlot, VxlanConfig, IPV4_OVERHEAD};
+use podwire_core::vxlan::{Vtep, VxlanConfig, IPV4_OVERHEAD};
 use podwire_core::wire::EthernetAddress;
 use podwire_core::Instant;
+use podwire_testkit::{NodeStore, TableSizes};
 
 const PODS: usize = 100;
 const NODES: usize = 100;
@@ -80,6 +89,8 @@ const FLOWS: usize = 10_000;
 const PAYLOAD: usize = 1400;
 const MAGLEV_SIZE: u32 = 4093;
 const ROUNDS: usize = 15;
+/// Frames per `process_burst` call in the burst cases.
+const BURST: usize = 32;
 
 const HOST: PortId = PortId(0);
 const UNDERLAY_PORT: PortId = PortId(PODS as u16 + 1);
@@ -96,10 +107,6 @@ const INNER_HEADERS: usize = 14 + 20 + 20;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH: u8 = 0x08;
-
-fn leak<T: Clone>(value: T, n: usize) -> &'static mut [T] {
-    Box::leak(vec![value; n].into_boxed_slice())
-}
 
 fn local_pod(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, 0, 2 + i as u8)
@@ -133,8 +140,6 @@ fn identity_of(pod_index: usize) -> Identity {
 /// The node under test with realistic tables (see the module documentation).
 fn node_under_test() -> Datapath<'static> {
     let prefixes = 1 + PODS + NODES;
-    let layout =
-        RouteTable::<Ipv4Addr>::layout(RouteLayout::suggested_direct_bits(prefixes), prefixes, 4);
     let mut vxlan = VxlanConfig::new(IpAddr::V4(UNDERLAY_IP), UNDERLAY_MAC);
     vxlan.underlay_mtu = 1500;
     let config = DatapathConfig {
@@ -145,43 +150,28 @@ fn node_under_test() -> Datapath<'static> {
         vxlan,
         flow_seed: 7,
     };
-    let cluster_pods = PODS + NODES * PODS;
-    let storage = DatapathStorage {
-        ports: leak(None, PODS + 2),
-        routes: RouteStorage {
-            direct: leak(0u32, layout.direct),
-            nodes: leak(TrieNode::default(), layout.nodes),
-            leaves: leak(0u32, layout.leaves),
-            routes: leak(RouteEntry::default(), layout.routes),
-            gateways: leak(GatewaySlot::default(), layout.gateways),
-        },
-        vteps: leak(VtepSlot::EMPTY, NODES + 1),
-        services: ServiceStorage {
-            services: leak(ServiceSlot::EMPTY, SERVICES),
-            frontends: leak(FrontendSlot::EMPTY, 2 * SERVICES),
-            backends: leak(BackendSlot::EMPTY, SERVICES * BACKENDS_PER_SERVICE),
-            maglev: leak(0u16, SERVICES * MAGLEV_SIZE as usize),
-            scratch: leak(MaglevScratch::ZERO, maglev::scratch_len(16)),
-            affinity: leak(AffinitySlot::EMPTY, 256),
-        },
-        conntrack_buckets: leak(Bucket::EMPTY, conntrack::buckets_for(CONNTRACK_ENTRIES)),
-        conntrack_entries: leak(Entry::EMPTY, CONNTRACK_ENTRIES),
-        policy: PolicyStorage {
-            addresses: leak(IpSlot::EMPTY, cluster_pods * 8 / 7 + 64),
-            endpoint_policies: leak(EndpointPolicy::default(), 64),
-            rules: leak(Rule::EMPTY, 256),
-            ports: leak(PortRange::ANY, 256),
-            peers: leak(Identity(0), 1024),
-            prefixes: leak(Prefix::EMPTY, 16),
-        },
+    let sizes = TableSizes {
+        ports: PODS + 2,
+        route_direct_bits: RouteLayout::suggested_direct_bits(prefixes),
+        routes: prefixes,
+        route_gateways: 4,
+        vteps: NODES + 1,
+        services: SERVICES,
+        frontends: 2 * SERVICES,
+        backends: SERVICES * BACKENDS_PER_SERVICE,
+        backends_per_service: 16,
+        max_maglev: MAGLEV_SIZE,
+        maglev_entries: SERVICES * MAGLEV_SIZE as usize,
+        affinity: 256,
+        connections: CONNTRACK_ENTRIES,
+        addresses: (PODS + NODES * PODS) * 8 / 7 + 64,
+        endpoint_policies: 64,
+        rules: 256,
+        policy_ports: 256,
+        peers: 1024,
+        prefixes: 16,
     };
-    let tables = DatapathTables::new(
-        storage,
-        NodeId(1),
-        MAGLEV_SIZE,
-        conntrack::Config::default(),
-    )
-    .unwrap();
+    let tables = NodeStore::leak(sizes, NodeId(1)).unwrap();
     let mut dp = Datapath::new(config, tables);
 
     dp.ports_mut()
@@ -509,6 +499,16 @@ impl Pool {
         self.bytes[at..at + n].copy_from_slice(&self.headers[f * HEADER_STRIDE..][..n]);
     }
 
+    /// A pool of `n` buffers, each holding connection `f`'s frame (a receive ring
+    /// full of one connection's packets).
+    fn replicas(&self, f: usize, n: usize) -> Pool {
+        let mut pool = Pool::new(self.reset_len);
+        for _ in 0..n {
+            pool.push(self.pristine(f));
+        }
+        pool
+    }
+
     /// Connection `f`'s original frame.
     #[inline(always)]
     fn pristine(&self, f: usize) -> &[u8] {
@@ -558,11 +558,67 @@ impl Reset {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One frame per `process` call.
+    Single,
+    /// [`BURST`] frames per `process_burst` call.
+    Burst,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Single => "single",
+            Mode::Burst => "burst",
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Case {
     dir: Dir,
     reset: Reset,
     flows: usize,
+    mode: Mode,
+}
+
+/// The buffers of each burst of a case with `flows` connections: burst `k` covers
+/// visiting positions `k·BURST ..`, and lists its (connection, position in the burst)
+/// pairs by connection, so the burst's buffers can be borrowed from the pool in one
+/// pass. With one connection, the bursts use a ring of [`BURST`] replica buffers.
+struct BurstPlan {
+    flows: usize,
+    bursts: Vec<Vec<(usize, usize)>>,
+}
+
+impl BurstPlan {
+    fn new(order: &[usize], flows: usize) -> BurstPlan {
+        let count = if flows == 1 {
+            1
+        } else {
+            assert!(flows >= BURST);
+            // Bursts until the visiting positions come round to the start again.
+            let mut gcd = (flows, BURST);
+            while gcd.1 != 0 {
+                gcd = (gcd.1, gcd.0 % gcd.1);
+            }
+            flows / gcd.0
+        };
+        let bursts = (0..count)
+            .map(|k| {
+                let mut b: Vec<(usize, usize)> = (0..BURST)
+                    .map(|j| match flows {
+                        1 => (j, j),
+                        _ => (order[(k * BURST + j) % flows], j),
+                    })
+                    .collect();
+                b.sort_unstable();
+                b
+            })
+            .collect();
+        BurstPlan { flows, bursts }
+    }
 }
 
 /// Where connection `f`'s packets come in: the local pod's port (TX) and the remote
@@ -577,6 +633,10 @@ struct Bench {
     dp: Datapath<'static>,
     /// Input frames by [`Dir`].
     pools: [Pool; 3],
+    /// [`BURST`] buffers of the first visited connection's frame, by [`Dir`].
+    replicas: [Pool; 3],
+    /// The burst plans by number of flows.
+    plans: Vec<BurstPlan>,
     ingress: Vec<FlowIngress>,
     /// The visiting order: a fixed pseudo-random permutation of the connections.
     order: Vec<usize>,
@@ -589,7 +649,11 @@ struct Bench {
 impl Bench {
     #[inline(always)]
     fn ingress(&self, dir: Dir, f: usize) -> Ingress {
-        let flow = self.ingress[f];
+        Self::ingress_of(self.ingress[f], dir)
+    }
+
+    #[inline(always)]
+    fn ingress_of(flow: FlowIngress, dir: Dir) -> Ingress {
         match dir {
             Dir::Tx => Ingress::Port(flow.port),
             Dir::RxSocket => Ingress::Underlay {
@@ -649,22 +713,84 @@ impl Bench {
         black_box(action);
     }
 
-    /// Times `cases`, interleaved round by round; returns (min, median) ns per packet.
-    fn time(&mut self, cases: &[Case], packets: usize) -> Vec<(f64, f64)> {
-        let mut samples = vec![Vec::with_capacity(ROUNDS); cases.len()];
-        for case in cases {
-            // Warm-up.
-            for i in 0..packets.min(case.flows.max(1000)) {
-                self.packet(*case, i);
+    /// Burst number `k` of `case` (header reset and `process_burst`; the copy and
+    /// reset-only cases are single-frame only).
+    #[inline(always)]
+    fn burst(&mut self, case: Case, k: usize) {
+        let Some(plan) = self.plans.iter().find(|p| p.flows == case.flows) else {
+            panic!("no burst plan for {} flows", case.flows);
+        };
+        let plan = &plan.bursts[k % plan.bursts.len()];
+        let pool = match case.flows {
+            1 => &mut self.replicas[case.dir as usize],
+            _ => &mut self.pools[case.dir as usize],
+        };
+        for &(f, _) in plan {
+            pool.reset_headers(f);
+        }
+        let mut frames: heapless::Vec<BurstFrame<'_>, BURST> = heapless::Vec::new();
+        let mut chunks = pool.bytes.chunks_mut(STRIDE);
+        let mut next = 0;
+        for &(f, j) in plan {
+            let buf = chunks.nth(f - next).expect("a buffer per connection");
+            next = f + 1;
+            let flow = self.order[(k * BURST + j) % case.flows];
+            let ingress = Self::ingress_of(self.ingress[flow], case.dir);
+            let span = Span {
+                start: HEADROOM,
+                len: pool.lens[f],
+            };
+            if frames.push(BurstFrame::new(ingress, buf, span)).is_err() {
+                panic!("a burst holds {BURST} frames");
             }
         }
-        for _ in 0..ROUNDS {
+        self.dp.process_burst(self.now, &mut frames);
+        for f in &frames {
+            match f.action {
+                Some(a) if Self::expected(case.dir, &a) => {}
+                _ => self.unexpected += 1,
+            }
+        }
+        black_box(&frames);
+    }
+
+    /// `packets` packets of `case` (rounded up to whole bursts in burst mode).
+    #[inline(always)]
+    fn run(&mut self, case: Case, packets: usize) {
+        match case.mode {
+            Mode::Single => {
+                for i in 0..packets {
+                    self.packet(case, i);
+                }
+            }
+            Mode::Burst => {
+                for k in 0..packets.div_ceil(BURST) {
+                    self.burst(case, k);
+                }
+            }
+        }
+    }
+
+    /// One timed round of `case`: the function a profiler counts
+    /// (`--toggle-collect` and `--dump-after` of callgrind name it).
+    #[inline(never)]
+    fn measured_round(&mut self, case: Case, packets: usize) {
+        self.run(case, packets);
+    }
+
+    /// Times `cases`, interleaved round by round; returns (min, median) ns per packet.
+    fn time(&mut self, cases: &[Case], packets: usize, rounds: usize) -> Vec<(f64, f64)> {
+        let packets = packets.div_ceil(BURST) * BURST;
+        let mut samples = vec![Vec::with_capacity(rounds); cases.len()];
+        for case in cases {
+            // Warm-up.
+            self.run(*case, packets.min(case.flows.max(1000)));
+        }
+        for _ in 0..rounds {
             for (c, case) in cases.iter().enumerate() {
                 self.now += podwire_core::Duration::from_millis(1);
                 let t = WallClock::now();
-                for i in 0..packets {
-                    self.packet(*case, i);
-                }
+                self.measured_round(*case, packets);
                 samples[c].push(t.elapsed().as_nanos() as f64 / packets as f64);
             }
         }
@@ -672,7 +798,7 @@ impl Bench {
             .into_iter()
             .map(|mut s| {
                 s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-                (s[0], s[ROUNDS / 2])
+                (s[0], s[s.len() / 2])
             })
             .collect()
     }
@@ -768,9 +894,21 @@ fn setup() -> Bench {
         x ^= x << 17;
         order.swap(i, (x % (i as u64 + 1)) as usize);
     }
+    let first = order[0];
+    let replicas = [
+        pools[0].replicas(first, BURST),
+        pools[1].replicas(first, BURST),
+        pools[2].replicas(first, BURST),
+    ];
+    let plans = [FLOWS, 1000, 1]
+        .iter()
+        .map(|&flows| BurstPlan::new(&order, flows))
+        .collect();
     let mut bench = Bench {
         dp,
         pools,
+        replicas,
+        plans,
         ingress,
         order,
         scratch: vec![0u8; STRIDE],
@@ -821,44 +959,61 @@ fn main() {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(100_000);
+    let rounds = std::env::var("DATAPATH_BENCH_ROUNDS")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(ROUNDS)
+        .max(1);
     let mut summary = (0.0, 0.0, 0.0);
-    // For profiling: `DATAPATH_BENCH_FILTER=tx/1/headers,rx_raw/1/copy` runs only the
-    // cases named (dir/flows/reset); `DATAPATH_BENCH_PACKETS` sets the packets per
-    // round.
+    let mut burst_summary = (0.0, 0.0, 0.0);
+    // For profiling: `DATAPATH_BENCH_FILTER=tx/1/headers/single,rx_raw/1/copy/single`
+    // runs only the cases named (dir/flows/reset/mode); `DATAPATH_BENCH_PACKETS` sets
+    // the packets per round, `DATAPATH_BENCH_ROUNDS` the rounds.
     let filter = std::env::var("DATAPATH_BENCH_FILTER").unwrap_or_default();
     for flows in [FLOWS, 1000, 1] {
         let mut cases = Vec::new();
         for dir in Dir::ALL {
-            for reset in [
-                Reset::Headers,
-                Reset::Copy,
-                Reset::HeadersOnly,
-                Reset::CopyOnly,
+            for (reset, mode) in [
+                (Reset::Headers, Mode::Single),
+                (Reset::Headers, Mode::Burst),
+                (Reset::Copy, Mode::Single),
+                (Reset::HeadersOnly, Mode::Single),
+                (Reset::CopyOnly, Mode::Single),
             ] {
-                let name = format!("{}/{}/{}", dir.name(), flows, reset.name());
+                let name = format!("{}/{}/{}/{}", dir.name(), flows, reset.name(), mode.name());
                 if filter.is_empty() || filter.split(',').any(|f| f == name) {
-                    cases.push(Case { dir, reset, flows });
+                    cases.push(Case {
+                        dir,
+                        reset,
+                        flows,
+                        mode,
+                    });
                 }
             }
         }
         if cases.is_empty() {
             continue;
         }
-        let results = b.time(&cases, packets);
+        let results = b.time(&cases, packets, rounds);
         for (case, (min, median)) in cases.iter().zip(&results) {
             println!(
-                "{{\"case\":\"{}\",\"flows\":{},\"reset\":\"{}\",\"ns_per_packet_min\":{:.2},\"ns_per_packet_median\":{:.2}}}",
+                "{{\"case\":\"{}\",\"flows\":{},\"reset\":\"{}\",\"mode\":\"{}\",\"ns_per_packet_min\":{:.2},\"ns_per_packet_median\":{:.2}}}",
                 case.dir.name(),
                 case.flows,
                 case.reset.name(),
+                case.mode.name(),
                 min,
                 median
             );
             if case.flows == FLOWS && case.reset == Reset::Headers {
+                let s = match case.mode {
+                    Mode::Single => &mut summary,
+                    Mode::Burst => &mut burst_summary,
+                };
                 match case.dir {
-                    Dir::Tx => summary.0 = *min,
-                    Dir::RxSocket => summary.1 = *min,
-                    Dir::RxRaw => summary.2 = *min,
+                    Dir::Tx => s.0 = *min,
+                    Dir::RxSocket => s.1 = *min,
+                    Dir::RxRaw => s.2 = *min,
                 }
             }
         }
@@ -866,7 +1021,7 @@ fn main() {
     assert_eq!(b.unexpected, 0, "packets with an unexpected action");
     assert_eq!(b.dp.stats().dropped, 0);
     println!(
-        "{{\"bench\":\"datapath\",\"tx_ns_per_packet\":{:.2},\"rx_ns_per_packet\":{:.2},\"rx_raw_ns_per_packet\":{:.2},\"flows\":{},\"reset\":\"headers\",\"stat\":\"min\"}}",
-        summary.0, summary.1, summary.2, FLOWS
+        "{{\"bench\":\"datapath\",\"tx_ns_per_packet\":{:.2},\"rx_ns_per_packet\":{:.2},\"rx_raw_ns_per_packet\":{:.2},\"burst_tx_ns_per_packet\":{:.2},\"burst_rx_ns_per_packet\":{:.2},\"burst_rx_raw_ns_per_packet\":{:.2},\"burst\":{BURST},\"flows\":{},\"reset\":\"headers\",\"stat\":\"min\"}}",
+        summary.0, summary.1, summary.2, burst_summary.0, burst_summary.1, burst_summary.2, FLOWS
     );
 }

@@ -1,22 +1,25 @@
 //! Maglev benchmark: podwire-core's `maglev` module side by side with the `maglev`
 //! crate (0.2, crates.io) on the same backends (`10.244.x.y:8080`, the crate keyed by
-//! the same `SocketAddr`s), M = 65537.
+//! the same `SocketAddr`s). Every table is sized as a service's table is sized,
+//! `maglev::size_for(N, MAX)` (`M ≥ 100·N` from Cilium's prime list) with
+//! `MAX = 1048573`.
 //!
 //! Cases (one JSON line each, then the summary as the last line):
-//! * build time for N = 100 and N = 1000 — podwire: min and median of many builds;
-//!   crate: min and median of a few (each allocates an N × M permutation matrix);
+//! * build time for N = 10, 100, 1000 and 5000 — podwire: min and median of several
+//!   builds; crate: min and median of a few, where its `N × M` permutation matrix
+//!   (8 bytes an entry) stays under 1.1 GB (not at N = 5000);
 //! * lookup: ns per lookup of a precomputed flow hash (podwire), and per `get` of a
 //!   `u64` key in the crate (which hashes it with SipHash inside), plus podwire's
-//!   `FlowKey::hash` + lookup for an end-to-end figure;
-//! * imbalance, defined as `(max entries owned by one backend − M/N) / (M/N) × 100`
-//!   over the table entries (every entry is equally likely for a uniform flow hash), at
-//!   M = 65537 for N = 100 (the summary's `max_imbalance_pct`) and N = 1000; plus the
-//!   same measure over 10⁷ random flows' actual lookups (includes sampling noise);
-//! * disruption: remove one of N backends, count the table entries whose backend
-//!   changed, divide by M; mean over removals of many different backends;
-//!   `disruption_vs_ideal` = that fraction / (1/N) (1.0 would be perfect consistency),
-//!   for N = 100 (summary) and N = 1000, and for the crate at N = 100; and for
-//!   N = 100 at M from 16381 to 655373, to show how it falls as M/N grows.
+//!   `FlowKey::hash` + lookup for an end-to-end figure (N = 100);
+//! * imbalance at N = 10, 100, 1000, 5000, defined as `(max entries owned by one
+//!   backend − M/N) / (M/N) × 100` over the table entries (every entry is equally
+//!   likely for a uniform flow hash), and the same for the fewest entries;
+//! * disruption at N = 10, 100, 1000, 5000: remove one of N backends, count the table
+//!   entries whose backend changed, divide by M; mean over removals of evenly spread
+//!   backends; `vs_ideal` = that fraction / (1/N) (1.0 would be perfect consistency);
+//!   the crate's at N = 10 and 100;
+//! * disruption against `M/N` at N = 100 and N = 1000 (M up to 4194301), to show
+//!   what Maglev's consistency costs in memory.
 //!
 //! Run: `cargo bench -p podwire-core --bench maglev`.
 
@@ -26,14 +29,23 @@ use std::time::Instant;
 
 use maglev::ConsistentHasher;
 use podwire_core::flow::{FlowKey, PROTO_TCP};
-use podwire_core::maglev::{build, lookup, scratch_len, MaglevBackend, MaglevScratch};
+use podwire_core::maglev::{build, lookup, scratch_len, size_for, MaglevBackend, MaglevScratch};
 
-const M: usize = 65537;
+/// The largest table (as a Linux node would configure it).
+const MAX: u32 = 1_048_573;
+
+/// The crate's build is measured where its permutation matrix stays under this.
+const CRATE_MATRIX_BYTES: usize = 1_100_000_000;
 
 fn addrs(n: usize) -> Vec<SocketAddr> {
     (0..n)
         .map(|i| {
-            let ip = Ipv4Addr::new(10, 244, (i / 250) as u8, (i % 250 + 1) as u8);
+            let ip = Ipv4Addr::new(
+                10,
+                244 + (i / 62500) as u8,
+                (i / 250 % 250) as u8,
+                (i % 250 + 1) as u8,
+            );
             SocketAddr::new(IpAddr::V4(ip), 8080)
         })
         .collect()
@@ -50,33 +62,29 @@ fn stats(mut v: Vec<f64>) -> (f64, f64) {
     (v[0], v[v.len() / 2])
 }
 
-fn build_podwire(b: &[MaglevBackend], table: &mut [u16], scratch: &mut [MaglevScratch]) {
-    build(table, b, scratch).unwrap();
-}
-
 /// Build times in ms (min, median).
-fn time_podwire(b: &[MaglevBackend], runs: usize) -> (f64, f64) {
-    let mut table = vec![0u16; M];
+fn time_podwire(b: &[MaglevBackend], m: usize, runs: usize) -> (f64, f64) {
+    let mut table = vec![0u16; m];
     let mut scratch = vec![MaglevScratch::ZERO; scratch_len(b.len())];
-    build_podwire(b, &mut table, &mut scratch);
+    build(&mut table, b, &mut scratch).unwrap();
     let mut t = Vec::new();
     for _ in 0..runs {
         let s = Instant::now();
-        build_podwire(black_box(b), &mut table, &mut scratch);
+        build(&mut table, black_box(b), &mut scratch).unwrap();
         black_box(&table);
         t.push(s.elapsed().as_secs_f64() * 1e3);
     }
     stats(t)
 }
 
-fn time_crate(a: &[SocketAddr], runs: usize) -> (f64, f64) {
+fn time_crate(a: &[SocketAddr], m: usize, runs: usize) -> (f64, f64) {
     let mut t = Vec::new();
     for _ in 0..runs {
         let s = Instant::now();
-        let m = maglev::Maglev::with_capacity(black_box(a.to_vec()), M);
-        black_box(&m);
+        let c = maglev::Maglev::with_capacity(black_box(a.to_vec()), m);
+        black_box(&c);
         t.push(s.elapsed().as_secs_f64() * 1e3);
-        assert_eq!(m.capacity(), M);
+        assert_eq!(c.capacity(), m);
     }
     stats(t)
 }
@@ -89,16 +97,7 @@ fn counts(t: &[u16], n: usize) -> Vec<usize> {
     c
 }
 
-fn imbalance_pct(c: &[usize], total: usize) -> f64 {
-    let mean = total as f64 / c.len() as f64;
-    (*c.iter().max().unwrap() as f64 - mean) / mean * 100.0
-}
-
-fn built(b: &[MaglevBackend]) -> Vec<u16> {
-    built_m(b, M)
-}
-
-fn built_m(b: &[MaglevBackend], m: usize) -> Vec<u16> {
+fn built(b: &[MaglevBackend], m: usize) -> Vec<u16> {
     let mut table = vec![0u16; m];
     let mut scratch = vec![MaglevScratch::ZERO; scratch_len(b.len())];
     build(&mut table, b, &mut scratch).unwrap();
@@ -106,29 +105,25 @@ fn built_m(b: &[MaglevBackend], m: usize) -> Vec<u16> {
 }
 
 /// Mean fraction of entries that change backend when one backend is removed, over
-/// `removals` evenly spread removed backends.
-fn disruption_podwire(n: usize, removals: usize) -> f64 {
-    disruption_podwire_m(n, removals, M)
-}
-
-fn disruption_podwire_m(n: usize, removals: usize, m: usize) -> f64 {
+/// `removals` evenly spread removed backends, at table size `m`.
+fn disruption_podwire(n: usize, removals: usize, m: usize) -> f64 {
     let b = podwire_backends(&addrs(n));
-    let base = built_m(&b, m);
+    let base = built(&b, m);
     let mut sum = 0.0;
     for k in 0..removals {
         let r = k * n / removals;
         let mut b2 = b.clone();
         b2[r].weight = 0; // excluded; indices of the others unchanged
-        let t = built_m(&b2, m);
+        let t = built(&b2, m);
         let moved = base.iter().zip(&t).filter(|(x, y)| x != y).count();
         sum += moved as f64 / m as f64;
     }
     sum / removals as f64
 }
 
-fn disruption_crate(n: usize, removals: usize) -> f64 {
+fn disruption_crate(n: usize, removals: usize, m: usize) -> f64 {
     let a = addrs(n);
-    let base = maglev::Maglev::with_capacity(a.clone(), M);
+    let base = maglev::Maglev::with_capacity(a.clone(), m);
     let keys: Vec<u64> = (0..200_000u64).collect();
     let before: Vec<SocketAddr> = keys.iter().map(|k| *base.get(k).unwrap()).collect();
     let mut sum = 0.0;
@@ -136,11 +131,11 @@ fn disruption_crate(n: usize, removals: usize) -> f64 {
         let r = k * n / removals;
         let mut a2 = a.clone();
         a2.remove(r);
-        let m = maglev::Maglev::with_capacity(a2, M);
+        let c = maglev::Maglev::with_capacity(a2, m);
         let moved = keys
             .iter()
             .zip(&before)
-            .filter(|(k, b)| m.get(*k).unwrap() != *b)
+            .filter(|(k, b)| c.get(*k).unwrap() != *b)
             .count();
         sum += moved as f64 / keys.len() as f64;
     }
@@ -160,36 +155,53 @@ fn flow(i: u64) -> FlowKey {
 }
 
 fn main() {
-    let runs_pw = 41;
-    let runs_crate = 3;
-    let mut summary = Vec::new();
+    let sizes = [10usize, 100, 1000, 5000];
+    let mut summary = vec![
+        "\"bench\":\"maglev\"".to_string(),
+        format!("\"max_m\":{MAX}"),
+    ];
 
     // Build times.
-    let mut build = std::collections::BTreeMap::new();
-    for n in [100usize, 1000] {
+    for n in sizes {
+        let m = size_for(n, MAX) as usize;
         let a = addrs(n);
         let b = podwire_backends(&a);
-        let (pw_min, pw_med) = time_podwire(&b, runs_pw);
-        let (cr_min, cr_med) = time_crate(&a, runs_crate);
+        let (pw_min, pw_med) = time_podwire(&b, m, if n >= 1000 { 9 } else { 41 });
+        let crate_fits = n * m * 8 <= CRATE_MATRIX_BYTES;
+        let (cr_min, cr_med) = if crate_fits {
+            time_crate(&a, m, 3)
+        } else {
+            (f64::NAN, f64::NAN)
+        };
+        let crate_json = if crate_fits {
+            format!(
+                "\"maglev_crate_ms_min\":{cr_min:.3},\"maglev_crate_ms_median\":{cr_med:.3},\"ratio_min\":{:.1}",
+                cr_min / pw_min
+            )
+        } else {
+            "\"maglev_crate\":\"not run: its N x M matrix exceeds 1.1 GB\"".to_string()
+        };
         println!(
-            "{{\"case\":\"build\",\"m\":{M},\"n\":{n},\"podwire_ms_min\":{pw_min:.3},\"podwire_ms_median\":{pw_med:.3},\"podwire_runs\":{runs_pw},\"maglev_crate_ms_min\":{cr_min:.3},\"maglev_crate_ms_median\":{cr_med:.3},\"maglev_crate_runs\":{runs_crate},\"ratio_min\":{:.1}}}",
-            cr_min / pw_min
+            "{{\"case\":\"build\",\"m\":{m},\"n\":{n},\"podwire_ms_min\":{pw_min:.3},\"podwire_ms_median\":{pw_med:.3},{crate_json}}}"
         );
-        build.insert(n, (pw_min, cr_min));
+        summary.push(format!("\"build_ms_n{n}\":{pw_min:.3}"));
+        if crate_fits {
+            summary.push(format!("\"maglev_crate_build_ms_n{n}\":{cr_min:.3}"));
+        }
     }
 
     // Lookups.
     let a = addrs(100);
-    let table = built(&podwire_backends(&a));
+    let m100 = size_for(100, MAX) as usize;
+    let table = built(&podwire_backends(&a), m100);
     let keys: Vec<FlowKey> = (0..1_000_000u64).map(flow).collect();
     let hashes: Vec<u64> = keys.iter().map(|k| k.hash(0)).collect();
-    let reps = 20;
     let mut t_lookup = Vec::new();
     let mut t_hash_lookup = Vec::new();
     let mut t_crate = Vec::new();
-    let cr = maglev::Maglev::with_capacity(a.clone(), M);
+    let cr = maglev::Maglev::with_capacity(a.clone(), m100);
     let crate_keys: Vec<u64> = (0..1_000_000u64).collect();
-    for _ in 0..reps {
+    for _ in 0..20 {
         let s = Instant::now();
         let mut acc = 0u64;
         for &h in &hashes {
@@ -218,78 +230,65 @@ fn main() {
     let (hl_ns, hl_med) = stats(t_hash_lookup);
     let (cr_ns, cr_med) = stats(t_crate);
     println!(
-        "{{\"case\":\"lookup\",\"m\":{M},\"n\":100,\"podwire_lookup_ns_min\":{lookup_ns:.2},\"podwire_lookup_ns_median\":{lookup_med:.2},\"podwire_flowhash_plus_lookup_ns_min\":{hl_ns:.2},\"podwire_flowhash_plus_lookup_ns_median\":{hl_med:.2},\"maglev_crate_get_u64_ns_min\":{cr_ns:.2},\"maglev_crate_get_u64_ns_median\":{cr_med:.2}}}"
+        "{{\"case\":\"lookup\",\"m\":{m100},\"n\":100,\"podwire_lookup_ns_min\":{lookup_ns:.2},\"podwire_lookup_ns_median\":{lookup_med:.2},\"podwire_flowhash_plus_lookup_ns_min\":{hl_ns:.2},\"podwire_flowhash_plus_lookup_ns_median\":{hl_med:.2},\"maglev_crate_get_u64_ns_min\":{cr_ns:.2},\"maglev_crate_get_u64_ns_median\":{cr_med:.2}}}"
     );
+    summary.push(format!("\"lookup_ns\":{lookup_ns:.2}"));
+    summary.push(format!("\"maglev_crate_lookup_ns\":{cr_ns:.2}"));
 
-    // Imbalance.
-    let mut imb = std::collections::BTreeMap::new();
-    for n in [100usize, 1000] {
-        let t = built(&podwire_backends(&addrs(n)));
-        let c = counts(&t, n);
-        let pct = imbalance_pct(&c, M);
-        let min = *c.iter().min().unwrap();
+    // Imbalance and disruption at each N.
+    for n in sizes {
+        let m = size_for(n, MAX) as usize;
+        let c = counts(&built(&podwire_backends(&addrs(n)), m), n);
+        let mean = m as f64 / n as f64;
         let max = *c.iter().max().unwrap();
-        // Over real lookups of random flows.
-        let flows = 10_000_000u64;
-        let mut kc = vec![0usize; n];
-        for i in 0..flows {
-            kc[lookup(&t, flow(i).hash(0)).unwrap() as usize] += 1;
-        }
-        let kpct = imbalance_pct(&kc, flows as usize);
+        let min = *c.iter().min().unwrap();
+        let over = (max as f64 - mean) / mean * 100.0;
+        let under = (mean - min as f64) / mean * 100.0;
         println!(
-            "{{\"case\":\"imbalance\",\"m\":{M},\"n\":{n},\"entries_min\":{min},\"entries_max\":{max},\"mean\":{:.2},\"max_imbalance_pct\":{pct:.3},\"flows\":{flows},\"flow_max_imbalance_pct\":{kpct:.3}}}",
-            M as f64 / n as f64
+            "{{\"case\":\"imbalance\",\"m\":{m},\"n\":{n},\"entries_min\":{min},\"entries_max\":{max},\"mean\":{mean:.2},\"max_imbalance_pct\":{over:.3},\"min_imbalance_pct\":{under:.3}}}"
         );
-        imb.insert(n, pct);
-    }
-
-    // Disruption.
-    let d100 = disruption_podwire(100, 100);
-    let d1000 = disruption_podwire(1000, 20);
-    let dc100 = disruption_crate(100, 5);
-    for (who, n, removals, d) in [
-        ("podwire", 100, 100, d100),
-        ("podwire", 1000, 20, d1000),
-        ("maglev_crate", 100, 5, dc100),
-    ] {
+        let removals = match n {
+            10 => 10,
+            100 => 50,
+            1000 => 12,
+            _ => 4,
+        };
+        let d = disruption_podwire(n, removals, m);
         println!(
-            "{{\"case\":\"disruption\",\"impl\":\"{who}\",\"m\":{M},\"n\":{n},\"removals\":{removals},\"moved_fraction\":{d:.5},\"ideal\":{:.5},\"vs_ideal\":{:.3}}}",
+            "{{\"case\":\"disruption\",\"impl\":\"podwire\",\"m\":{m},\"n\":{n},\"removals\":{removals},\"moved_fraction\":{d:.5},\"ideal\":{:.5},\"vs_ideal\":{:.3}}}",
             1.0 / n as f64,
             d * n as f64
         );
+        summary.push(format!("\"m_n{n}\":{m}"));
+        summary.push(format!("\"max_imbalance_pct_n{n}\":{over:.3}"));
+        summary.push(format!("\"disruption_vs_ideal_n{n}\":{:.3}", d * n as f64));
+        if n <= 100 {
+            let dc = disruption_crate(n, 5, m);
+            println!(
+                "{{\"case\":\"disruption\",\"impl\":\"maglev_crate\",\"m\":{m},\"n\":{n},\"removals\":5,\"vs_ideal\":{:.3}}}",
+                dc * n as f64
+            );
+            summary.push(format!(
+                "\"maglev_crate_disruption_vs_ideal_n{n}\":{:.3}",
+                dc * n as f64
+            ));
+        }
     }
 
-    // How disruption depends on M/N (the table-size trade-off of Maglev).
-    for m in [16381usize, 65537, 262147, 655373] {
-        let d = disruption_podwire_m(100, 20, m);
-        println!(
-            "{{\"case\":\"disruption_vs_table_size\",\"impl\":\"podwire\",\"m\":{m},\"n\":100,\"m_over_n\":{},\"removals\":20,\"vs_ideal\":{:.3}}}",
-            m / 100,
-            d * 100.0
-        );
+    // What Maglev's consistency costs in memory: disruption against M/N.
+    for (n, ms) in [
+        (100usize, &[16381usize, 65521, 262_139, 1_048_573][..]),
+        (1000, &[131_071, 1_048_573, 4_194_301][..]),
+    ] {
+        for &m in ms {
+            let removals = if m > 1_000_000 { 3 } else { 10 };
+            let d = disruption_podwire(n, removals, m);
+            println!(
+                "{{\"case\":\"disruption_vs_table_size\",\"impl\":\"podwire\",\"m\":{m},\"n\":{n},\"m_over_n\":{},\"removals\":{removals},\"vs_ideal\":{:.3}}}",
+                m / n,
+                d * n as f64
+            );
+        }
     }
-
-    let (pw1000, cr1000) = build[&1000];
-    let (pw100, cr100) = build[&100];
-    summary.push("\"bench\":\"maglev\"".to_string());
-    summary.push(format!("\"build_ms_n1000\":{pw1000:.3}"));
-    summary.push(format!("\"maglev_crate_build_ms_n1000\":{cr1000:.3}"));
-    summary.push(format!("\"build_ratio\":{:.1}", cr1000 / pw1000));
-    summary.push(format!("\"lookup_ns\":{lookup_ns:.2}"));
-    summary.push(format!("\"max_imbalance_pct\":{:.3}", imb[&100]));
-    summary.push(format!("\"disruption_vs_ideal\":{:.3}", d100 * 100.0));
-    summary.push(format!("\"build_ms_n100\":{pw100:.3}"));
-    summary.push(format!("\"maglev_crate_build_ms_n100\":{cr100:.3}"));
-    summary.push(format!("\"max_imbalance_pct_n1000\":{:.3}", imb[&1000]));
-    summary.push(format!(
-        "\"disruption_vs_ideal_n1000\":{:.3}",
-        d1000 * 1000.0
-    ));
-    summary.push(format!(
-        "\"maglev_crate_disruption_vs_ideal_n100\":{:.3}",
-        dc100 * 100.0
-    ));
-    summary.push(format!("\"maglev_crate_lookup_ns\":{cr_ns:.2}"));
-    summary.push(format!("\"m\":{M}"));
     println!("{{{}}}", summary.join(","));
 }

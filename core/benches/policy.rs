@@ -15,6 +15,17 @@
 //!   random order, so each packet misses the cache once) comparing keys, and test the
 //!   cached packed `ConnVerdict` with `ConnVerdict::packed_is_allow`.
 //! - `established_hot`: the same with 1,024 active flows (entries stay in cache).
+//! - `established_burst` (the summary's `established_burst_ns`): the same lookups in
+//!   windows of 32 packets, each window's home slots read first (as
+//!   `Datapath::process_burst` does), so the 32 cache misses overlap.
+//! - `established_conntrack` / `established_conntrack_burst`: the datapath's own
+//!   table, `ConnTrack::lookup` + the cached verdict of the entry, 65,536 flows in a
+//!   table of 131,072 entries (50% load), one at a time and with
+//!   `ConnTrack::touch` over each window of 32 first. Measured: the look-ahead does
+//!   not pay here — each lookup is a few dozen instructions with no dependence on the
+//!   previous one, so an out-of-order core already has several misses in flight; it
+//!   pays in the datapath (`--bench datapath`, burst cases), where ≈ 1,400
+//!   instructions between two packets' lookups keep the next miss from starting.
 //! - `naive` (peer): an interpreter that walks every policy and matches label
 //!   selectors per packet — what evaluating NetworkPolicy without compiling costs.
 //!   The bench also checks that it agrees with the compiled table on every sample.
@@ -27,6 +38,7 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
+use podwire_core::conntrack;
 use podwire_core::flow::{FlowKey, PROTO_TCP, PROTO_UDP};
 use podwire_core::policy::*;
 
@@ -663,35 +675,90 @@ fn main() {
         order.swap(i, rng.below(i + 1));
     }
     let probe_keys: Vec<FlowKey> = order.iter().map(|&i| keys[i]).collect();
-    let lookup = |keys: &[FlowKey]| -> f64 {
+    let home = |key: &FlowKey| (key.hash(seed) as usize) & (slots - 1);
+    let probe = |key: &FlowKey| -> u64 {
+        let mut at = home(key);
+        loop {
+            let e = &table[at];
+            if !e.used {
+                break u64::MAX;
+            } else if e.key == *key {
+                break e.verdict;
+            }
+            at = (at + 1) & (slots - 1);
+        }
+    };
+    // With `look_ahead`, each window of 32 keys has its home slots read first.
+    let lookup = |keys: &[FlowKey], look_ahead: bool| -> f64 {
         let mut v = Vec::new();
         let reps = (262_144 / keys.len()).max(1);
         for _ in 0..runs {
             let start = Instant::now();
             let mut n = 0u64;
+            let mut touched = 0u64;
             for _ in 0..reps {
-                for key in keys {
-                    let key = black_box(key);
-                    let mut at = (key.hash(seed) as usize) & (slots - 1);
-                    let bits = loop {
-                        let e = &table[at];
-                        if !e.used {
-                            break u64::MAX;
-                        } else if e.key == *key {
-                            break e.verdict;
+                for window in keys.chunks(32) {
+                    if look_ahead {
+                        for key in window {
+                            touched = touched.wrapping_add(table[home(black_box(key))].verdict);
                         }
-                        at = (at + 1) & (slots - 1);
-                    };
-                    n += u64::from(ConnVerdict::packed_is_allow(bits));
+                    }
+                    for key in window {
+                        n += u64::from(ConnVerdict::packed_is_allow(probe(black_box(key))));
+                    }
                 }
             }
-            black_box(n);
+            black_box((n, touched));
             v.push(start.elapsed().as_nanos() as f64 / (reps * keys.len()) as f64);
         }
         min_median(v).0
     };
-    let established_ns = lookup(&probe_keys);
-    let hot_ns = lookup(&probe_keys[..1024]);
+    let established_ns = lookup(&probe_keys, false);
+    let hot_ns = lookup(&probe_keys[..1024], false);
+    let established_burst_ns = lookup(&probe_keys, true);
+
+    // The datapath's own table.
+    let mut buckets = vec![conntrack::Bucket::EMPTY; conntrack::buckets_for(2 * keys.len())];
+    let mut entries = vec![conntrack::Entry::EMPTY; 2 * keys.len()];
+    let mut ct =
+        conntrack::ConnTrack::new(&mut buckets, &mut entries, conntrack::Config::default())
+            .unwrap();
+    let now = podwire_core::Instant::from_secs(1);
+    for key in &keys {
+        let id = ct.insert(*key, conntrack::Nat::NONE, now).unwrap();
+        let (src, dst, port, proto) = (key.src, key.dst, key.dst_port, key.protocol);
+        ct.entry_mut(id).unwrap().verdict = t.evaluate_connection(src, dst, port, proto).pack();
+    }
+    let mut ct_lookup = |look_ahead: bool| -> f64 {
+        let mut v = Vec::new();
+        for _ in 0..runs {
+            let start = Instant::now();
+            let mut n = 0u64;
+            let mut touched = 0u64;
+            for _ in 0..4 {
+                for window in probe_keys.chunks(32) {
+                    if look_ahead {
+                        for key in window {
+                            touched = touched.wrapping_add(ct.touch(black_box(key)));
+                        }
+                    }
+                    for key in window {
+                        let bits = match ct.lookup(black_box(key), now) {
+                            Some((id, _)) => ct.entry(id).map_or(u64::MAX, |e| e.verdict),
+                            None => u64::MAX,
+                        };
+                        n += u64::from(ConnVerdict::packed_is_allow(bits));
+                    }
+                }
+            }
+            black_box((n, touched));
+            v.push(start.elapsed().as_nanos() as f64 / (4 * probe_keys.len()) as f64);
+        }
+        min_median(v).0
+    };
+    let ct_ns = ct_lookup(false);
+    let ct_burst_ns = ct_lookup(true);
+    assert_eq!(ct.counters().misses, 0, "every probe key is tracked");
     println!(
         "{{\"case\":\"established\",\"what\":\"flow hash + probe of 64-byte entries (65536 flows, 50% load, random order: a cache miss per packet) + packed verdict test\",\"entry_bytes\":{},\"ns_per_packet_min\":{established_ns:.1}}}",
         std::mem::size_of::<FlowEntry>()
@@ -699,5 +766,14 @@ fn main() {
     println!(
         "{{\"case\":\"established_hot\",\"what\":\"the same for a working set of 1024 active flows (entries cache-resident)\",\"ns_per_packet_min\":{hot_ns:.1}}}"
     );
-    println!("{{\"bench\":\"policy\",\"new_flow_ns\":{new_flow_ns:.1},\"established_ns\":{established_ns:.1}}}");
+    println!(
+        "{{\"case\":\"established_burst\",\"what\":\"the same as established in windows of 32, each window's home slots read first\",\"ns_per_packet_min\":{established_burst_ns:.1}}}"
+    );
+    println!(
+        "{{\"case\":\"established_conntrack\",\"what\":\"ConnTrack::lookup + cached verdict, 65536 flows, random order\",\"ns_per_packet_min\":{ct_ns:.1}}}"
+    );
+    println!(
+        "{{\"case\":\"established_conntrack_burst\",\"what\":\"the same with ConnTrack::touch over each window of 32 first\",\"ns_per_packet_min\":{ct_burst_ns:.1}}}"
+    );
+    println!("{{\"bench\":\"policy\",\"new_flow_ns\":{new_flow_ns:.1},\"established_ns\":{established_ns:.1},\"established_burst_ns\":{established_burst_ns:.1},\"established_conntrack_ns\":{ct_ns:.1},\"established_conntrack_burst_ns\":{ct_burst_ns:.1}}}");
 }

@@ -27,6 +27,11 @@
 //!    fragmentation needed: VXLAN never fragments), NAT rewrite with incremental
 //!    checksums, TTL decrement, MAC rewrite, encapsulation in place.
 //!
+//! **Bursts.** [`Datapath::process_burst`] takes many frames at once and reads the
+//! connection-tracking memory of all of them before processing the first, so their
+//! cache misses overlap (see `burst.rs`); [`Datapath::process`] stays the one-frame
+//! entry point.
+//!
 //! **Offloads.** [`Datapath::process_with`] takes a frame's offload state
 //! ([`FrameMeta`]): GSO super-frames of up to 64 KiB and partial checksums pass
 //! between local ports as they are (NAT keeps a partial checksum partial) and are
@@ -43,6 +48,7 @@
 
 mod action;
 mod arp;
+mod burst;
 mod drop;
 mod event;
 mod meta;
@@ -72,6 +78,7 @@ use crate::wire::{VxlanPacket, VxlanRepr, VXLAN_HEADER_LEN};
 use crate::Instant;
 
 pub use action::{Action, Encapsulated, Ingress, Span};
+pub use burst::{BurstFrame, BURST_WINDOW};
 pub use drop::{DropCounters, DropReason};
 pub use event::{EventOutcome, EventSink, EventSource, FlowEvent};
 pub use meta::FrameMeta;
@@ -190,6 +197,8 @@ pub struct Datapath<'a> {
     policy_epoch: u32,
     route_epoch: u32,
     overlay_gso: bool,
+    /// What [`Datapath::process_burst`]'s look-ahead read, kept so the reads stay.
+    touched: u64,
 }
 
 impl<'a> Datapath<'a> {
@@ -205,6 +214,7 @@ impl<'a> Datapath<'a> {
             policy_epoch: 0,
             route_epoch: 1,
             overlay_gso: false,
+            touched: 0,
         }
     }
 

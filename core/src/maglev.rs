@@ -39,7 +39,37 @@
 //!   `((h >> 32) · M) >> 32` ([`slot_of`], a multiply-shift range reduction: no
 //!   division on the packet path).
 //!
+//! * **Size.** A service's table size is [`size_for`]`(N, max)`: the smallest prime
+//!   of [`SIZES`] (Cilium's list) with `M ≥ 100·N`, `N` the backends with a weight —
+//!   Maglev's disruption falls as `M/N` grows, and 100 is the ratio Cilium's
+//!   documentation recommends — bounded by the configured maximum `max` (itself
+//!   prime). `M` depends only on `N` and `max`, so every node with the same maximum
+//!   builds the same table; a service whose backends grow past `M/100` is rebuilt at
+//!   the next size (and one that shrinks, at the smaller one).
+//!
 //! Tests pin entries of a small table so any change to this contract is noticed.
+//!
+//! # Consistency, and what it costs
+//!
+//! Maglev balances exactly (every backend owns `⌊M/N⌋` or `⌈M/N⌉` entries) but is
+//! not minimally disruptive: removing one backend changes the turn order of the fill,
+//! and every entry the others claim after the first difference may change. Measured
+//! with `cargo bench -p podwire-core --bench maglev` (entries changed when one of `N`
+//! backends is removed, over the ideal `M/N`): 2.27× at N = 100, M = 16381; 1.54× at
+//! M = 65521; 1.23× at M = 262139; 1.11× at M = 1048573; and at N = 1000, 6.6× at
+//! M = 131071, 3.0× at M = 1048573, 1.9× at M = 4194301 — the excess falls roughly as
+//! `(M/N)^-½` and grows with `N`, so 1.2× at N = 1000 would take `M/N` of order 10⁴.
+//! The paper's own evaluation (§5.3) shows the same trade-off: of its two table
+//! sizes, 65537 and 655373, the larger is the more resilient to backend changes. A deterministic alternative was prototyped — the unique stable
+//! assignment of a greedy pass over `(entry, backend)` pairs by descending rendezvous
+//! score with exact capacities — and measured 1.70× (N = 100, M = 16381), 1.33×
+//! (M = 65521), 3.9× (N = 1000, M = 131071) and 1.9× (M = 1048573), at an `O(M·N)`
+//! build: better than Maglev, still short of 1.2×, and too slow for N = 5000. Both run
+//! into the same limit: with every backend held within 1 % of `M/N`, the `M/N`
+//! entries a removed backend frees land (by any hash) on backends that are already at
+//! their bound and must push an entry on, and rendezvous hashing alone, which moves
+//! nothing else, needs `M/N ≈ 10⁵` to stay within 1 %. Connection tracking pins every
+//! established flow, so disruption only re-maps *new* flows of a changed service.
 
 use crate::flow::fmix64;
 use core::net::IpAddr;
@@ -53,6 +83,30 @@ pub const MAX_BACKENDS: usize = EMPTY as usize;
 
 /// Table sizes must be below this bound (so cursor arithmetic stays in `u32`).
 pub const MAX_SIZE: usize = 1 << 31;
+
+/// The table sizes [`size_for`] chooses from: primes close to powers of two, the
+/// list Cilium documents for its `--bpf-lb-maglev-table-size`.
+pub const SIZES: [u32; 15] = [
+    251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131_071, 262_139, 524_287, 1_048_573,
+    2_097_143, 4_194_301,
+];
+
+/// Entries per backend a table should have at least (`M ≥ RATIO · N`).
+pub const RATIO: usize = 100;
+
+/// The table size of a service with `backends` backends (those with a weight) under
+/// the maximum `max`: the smallest of [`SIZES`] that is at least [`RATIO`]` · backends`
+/// and at most `max`, else `max` (see the module's contract). `max` should be prime
+/// (check it with [`check_size`]); a table never gets larger than it.
+pub fn size_for(backends: usize, max: u32) -> u32 {
+    let wanted = backends.saturating_mul(RATIO);
+    SIZES
+        .iter()
+        .copied()
+        .find(|&m| m as usize >= wanted)
+        .filter(|&m| m <= max)
+        .unwrap_or(max)
+}
 
 /// How many trailing empty entries the build finds by rank computation instead of by
 /// walking permutations (see the module's design note).

@@ -7,10 +7,12 @@
 //! by open addressing over caller storage keyed by `(IP, port, protocol)` (O(1), no
 //! scan), and the backend is chosen by [Maglev](crate::maglev) on the podwire flow hash,
 //! whose table is rebuilt whenever the service's backends change. All storage is the
-//! caller's ([`ServiceStorage`]): a slot per service, one arena of backends kept packed
-//! in service-id order (an update shifts the arena, a control-plane cost, never a
-//! packet-path one), one Maglev table of `M` entries per service, and an affinity
-//! table. The behaviour follows kube-proxy so a podwire node is a drop-in replacement:
+//! caller's ([`ServiceStorage`]): a slot per service, one arena of backends and one of
+//! Maglev entries, both kept packed in service-id order (an update shifts an arena, a
+//! control-plane cost, never a packet-path one), and an affinity table. Each service's
+//! Maglev table is sized from its backend count ([`maglev::size_for`]: `M ≥ 100·N` up
+//! to the configured maximum), so a two-backend service costs 251 entries and a
+//! thousand-backend one gets the `M/N` that keeps its disruption low. The behaviour follows kube-proxy so a podwire node is a drop-in replacement:
 //!
 //! * a podwire service is one Kubernetes *service port*: every frontend of that port —
 //!   ClusterIP:port, NodePort on the node's addresses (a NodePort frontend with an
@@ -210,8 +212,12 @@ pub enum ServiceError {
     BackendStorageFull,
     /// More backends than the Maglev size or the scratch allows for one service.
     TooManyBackends,
-    /// The Maglev storage is shorter than `services × M`.
+    /// The Maglev storage is shorter than one smallest table per service
+    /// (`services × maglev::size_for(1, max)`).
     MaglevStorageTooSmall,
+    /// The Maglev arena has no room for the service's table at the size its backends
+    /// need.
+    MaglevStorageFull,
     /// The Maglev size or scratch was rejected.
     Maglev(MaglevError),
 }
@@ -236,6 +242,9 @@ pub struct ServiceSlot {
     cluster_len: u32,
     /// Bumped on every change of the backends (validates affinity indices).
     generation: u32,
+    /// Range of its Maglev table in the Maglev arena (length 0: no cluster backend).
+    table_start: u32,
+    table_len: u32,
 }
 
 impl ServiceSlot {
@@ -247,6 +256,8 @@ impl ServiceSlot {
         local_len: 0,
         cluster_len: 0,
         generation: 0,
+        table_start: 0,
+        table_len: 0,
     };
 }
 
@@ -324,7 +335,10 @@ pub struct ServiceStorage<'a> {
     pub frontends: &'a mut [FrontendSlot],
     /// The backends of all services together.
     pub backends: &'a mut [BackendSlot],
-    /// `services.len() × M` Maglev entries.
+    /// The Maglev arena: every service's table, each [`maglev::size_for`] its
+    /// cluster backends. At least `services.len() × maglev::size_for(1, max)`; for
+    /// services with many backends, more (a service of `N` backends needs
+    /// `size_for(N, max)`).
     pub maglev: &'a mut [u16],
     /// Maglev build scratch: `maglev::scratch_len(B)` cells allow `B` backends per
     /// service.
@@ -345,9 +359,10 @@ pub struct ServiceStats {
 #[derive(Debug)]
 pub struct ServiceTable<'a> {
     s: ServiceStorage<'a>,
-    m: u32,
+    max_m: u32,
     local_node: NodeId,
     used_backends: usize,
+    used_maglev: usize,
     stats: ServiceStats,
 }
 
@@ -377,6 +392,36 @@ fn address_words(addr: IpAddr) -> (u64, u64, u64) {
     }
 }
 
+/// Gives the range `start..start + old_len` of an arena packed up to `used` the length
+/// `new_len`, moving everything after it (the caller has checked that it fits).
+fn resize_range<T: Copy>(
+    arena: &mut [T],
+    used: usize,
+    start: usize,
+    old_len: usize,
+    new_len: usize,
+) {
+    if old_len != new_len {
+        arena.copy_within(start + old_len..used, start + new_len);
+    }
+}
+
+/// Moves the arena start (`start_of`) of each of the `later` services by the change of
+/// a range before them from `old_len` to `new_len`.
+fn shift_starts(
+    later: &mut [ServiceSlot],
+    old_len: usize,
+    new_len: usize,
+    start_of: fn(&mut ServiceSlot) -> &mut u32,
+) {
+    if old_len != new_len {
+        for s in later {
+            let start = start_of(s);
+            *start = (*start as usize + new_len - old_len) as u32;
+        }
+    }
+}
+
 /// `hash` reduced to `0..len` (multiply-shift), `len > 0`.
 fn home(hash: u64, len: usize) -> usize {
     (((hash >> 32) * (len as u64 & 0xffff_ffff)) >> 32) as usize
@@ -396,16 +441,18 @@ fn after(t: Instant, d: Duration) -> Instant {
 }
 
 impl<'a> ServiceTable<'a> {
-    /// A table over `storage` with Maglev tables of prime size `maglev_size` (e.g.
-    /// 251 on a microcontroller, 16381 or 65537 on Linux), on the node `local_node`.
-    /// Service, frontend and affinity slots are cleared.
+    /// A table over `storage` whose Maglev tables are at most `max_maglev_size`
+    /// entries (prime: e.g. 251 on a microcontroller, where every table then has that
+    /// size, or 1048573 on Linux), on the node `local_node`. Service, frontend and
+    /// affinity slots are cleared.
     pub fn new(
         storage: ServiceStorage<'a>,
-        maglev_size: u32,
+        max_maglev_size: u32,
         local_node: NodeId,
     ) -> Result<Self, ServiceError> {
-        let m = maglev::check_size(maglev_size as usize)?;
-        let needed = (m as usize).checked_mul(storage.services.len());
+        let max_m = maglev::check_size(max_maglev_size as usize)?;
+        let smallest = maglev::size_for(1, max_m) as usize;
+        let needed = smallest.checked_mul(storage.services.len());
         if needed.is_none_or(|n| storage.maglev.len() < n) {
             return Err(ServiceError::MaglevStorageTooSmall);
         }
@@ -419,22 +466,29 @@ impl<'a> ServiceTable<'a> {
         s.maglev.fill(maglev::EMPTY);
         Ok(ServiceTable {
             s,
-            m,
+            max_m,
             local_node,
             used_backends: 0,
+            used_maglev: 0,
             stats: ServiceStats::default(),
         })
     }
 
-    /// The Maglev table size `M`.
-    pub fn maglev_size(&self) -> u32 {
-        self.m
+    /// The largest Maglev table size.
+    pub fn max_maglev_size(&self) -> u32 {
+        self.max_m
+    }
+
+    /// The size `M` of service `id`'s Maglev table (0 while it has no cluster
+    /// backend), or `None` if the id is out of range.
+    pub fn maglev_size(&self, id: ServiceId) -> Option<u32> {
+        self.slot(id).ok().map(|s| s.table_len)
     }
 
     /// The most backends one service may have.
     pub fn max_backends_per_service(&self) -> usize {
         (self.s.scratch.len() - maglev::TAIL.min(self.s.scratch.len()))
-            .min(self.m as usize)
+            .min(self.max_m as usize)
             .min(maglev::MAX_BACKENDS)
     }
 
@@ -505,8 +559,9 @@ impl<'a> ServiceTable<'a> {
             .map(|b| &b.backend)
     }
 
-    /// Replaces the backends of service `id` and rebuilds its Maglev table.
-    /// Duplicates are kept (the control plane should remove them).
+    /// Replaces the backends of service `id` and rebuilds its Maglev table, at the
+    /// size its cluster backends need ([`maglev::size_for`]). Duplicates are kept (the
+    /// control plane should remove them). On an error nothing changed.
     pub fn set_backends(
         &mut self,
         id: ServiceId,
@@ -526,19 +581,6 @@ impl<'a> ServiceTable<'a> {
         if new_used > self.s.backends.len() {
             return Err(ServiceError::BackendStorageFull);
         }
-        // Shift the backends of the services after this one.
-        let start = slot.start as usize;
-        let old_end = start + old_len;
-        let new_end = start + n;
-        if old_end != new_end {
-            self.s
-                .backends
-                .copy_within(old_end..self.used_backends, new_end);
-            for s in self.s.services.iter_mut().skip(idx + 1) {
-                s.start = (s.start as usize + new_end - old_end) as u32;
-            }
-        }
-        self.used_backends = new_used;
 
         // Eligibility tiers: ready, else serving-and-terminating; cluster-wide and
         // among this node's backends separately.
@@ -563,13 +605,42 @@ impl<'a> ServiceTable<'a> {
                     fallback(b)
                 }
         };
+        let cluster_len = backends.iter().filter(|b| in_cluster(b)).count();
+        let table_len = match cluster_len {
+            0 => 0,
+            c => maglev::size_for(c, self.max_m) as usize,
+        };
+        let old_table_len = slot.table_len as usize;
+        let new_used_maglev = self.used_maglev - old_table_len + table_len;
+        if new_used_maglev > self.s.maglev.len() {
+            return Err(ServiceError::MaglevStorageFull);
+        }
+
+        // Shift the backends and Maglev tables of the services after this one.
+        let later = self.s.services.get_mut(idx + 1..).unwrap_or_default();
+        let start = slot.start as usize;
+        let new_end = start + n;
+        resize_range(self.s.backends, self.used_backends, start, old_len, n);
+        shift_starts(later, old_len, n, |s| &mut s.start);
+        self.used_backends = new_used;
+        let table_start = slot.table_start as usize;
+        let new_table_end = table_start + table_len;
+        resize_range(
+            self.s.maglev,
+            self.used_maglev,
+            table_start,
+            old_table_len,
+            table_len,
+        );
+        shift_starts(later, old_table_len, table_len, |s| &mut s.table_start);
+        self.used_maglev = new_used_maglev;
+
         let range = self
             .s
             .backends
             .get_mut(start..new_end)
             .ok_or(ServiceError::BackendStorageFull)?;
         let mut w = 0;
-        let mut cluster_len = 0;
         for pass_local in [true, false] {
             for b in backends.iter().filter(|b| in_local(b) == pass_local) {
                 if let Some(slot) = range.get_mut(w) {
@@ -578,7 +649,6 @@ impl<'a> ServiceTable<'a> {
                         identity: maglev::backend_identity(b.addr, b.port),
                         in_cluster: in_cluster(b),
                     };
-                    cluster_len += u32::from(slot.in_cluster);
                     w += 1;
                 }
             }
@@ -590,25 +660,27 @@ impl<'a> ServiceTable<'a> {
         }
 
         // Rebuild the Maglev table.
-        let m = self.m as usize;
         let table = self
             .s
             .maglev
-            .get_mut(idx * m..(idx + 1) * m)
-            .ok_or(ServiceError::MaglevStorageTooSmall)?;
-        let arena = &*range;
-        maglev::build_with(
-            table,
-            n,
-            |i| match arena.get(i) {
-                Some(b) => MaglevBackend::new(b.identity, u16::from(b.in_cluster)),
-                None => MaglevBackend::new(0, 0),
-            },
-            self.s.scratch,
-        )?;
+            .get_mut(table_start..new_table_end)
+            .ok_or(ServiceError::MaglevStorageFull)?;
+        if !table.is_empty() {
+            let arena = &*range;
+            maglev::build_with(
+                table,
+                n,
+                |i| match arena.get(i) {
+                    Some(b) => MaglevBackend::new(b.identity, u16::from(b.in_cluster)),
+                    None => MaglevBackend::new(0, 0),
+                },
+                self.s.scratch,
+            )?;
+        }
         if let Some(s) = self.s.services.get_mut(idx) {
             s.len = n as u32;
-            s.cluster_len = cluster_len;
+            s.cluster_len = cluster_len as u32;
+            s.table_len = table_len as u32;
             s.generation = s.generation.wrapping_add(1);
         }
         Ok(())
@@ -776,11 +848,10 @@ impl<'a> ServiceTable<'a> {
             Some(i) => Some(i),
             None if local_only => self.rendezvous(&slot, q.flow_hash),
             None => {
-                let m = self.m as usize;
-                let start = usize::from(id.0) * m;
+                let start = slot.table_start as usize;
                 self.s
                     .maglev
-                    .get(start..start + m)
+                    .get(start..start + slot.table_len as usize)
                     .and_then(|t| maglev::lookup(t, q.flow_hash))
                     .map(u32::from)
             }
@@ -979,6 +1050,7 @@ mod tests {
         maglev: Vec<u16>,
         scratch: Vec<MaglevScratch>,
         affinity: Vec<AffinitySlot>,
+        max_maglev: u32,
     }
 
     impl Store {
@@ -990,7 +1062,17 @@ mod tests {
                 maglev: vec![0; services * M as usize],
                 scratch: vec![MaglevScratch::ZERO; maglev::scratch_len(64)],
                 affinity: vec![AffinitySlot::EMPTY; affinity],
+                max_maglev: M,
             }
+        }
+
+        /// A store whose Maglev tables may grow to `max` entries, in an arena of
+        /// `arena` entries.
+        fn growing(max: u32, arena: usize) -> Self {
+            let mut st = Store::new(8, 8, 256, 0);
+            st.max_maglev = max;
+            st.maglev = vec![0; arena];
+            st
         }
 
         fn table(&mut self) -> ServiceTable<'_> {
@@ -1003,7 +1085,7 @@ mod tests {
                     scratch: &mut self.scratch,
                     affinity: &mut self.affinity,
                 },
-                M,
+                self.max_maglev,
                 LOCAL,
             )
             .unwrap()
@@ -1544,8 +1626,99 @@ mod tests {
             mk(&mut st, 250),
             Some(ServiceError::Maglev(MaglevError::SizeNotPrime))
         );
-        assert_eq!(mk(&mut st, 257), Some(ServiceError::MaglevStorageTooSmall));
         assert_eq!(mk(&mut st, 251), None);
+        st.maglev.pop();
+        assert_eq!(mk(&mut st, 251), Some(ServiceError::MaglevStorageTooSmall));
+        // A maximum below the smallest listed size is every table's size.
+        st.maglev.truncate(2 * 7);
+        assert_eq!(mk(&mut st, 7), None);
+    }
+
+    fn ready_backends(n: usize, node: u16) -> Vec<Backend> {
+        (0..n)
+            .map(|i| Backend {
+                addr: IpAddr::V4(Ipv4Addr::new(10, 244, (i / 250) as u8, (i % 250 + 1) as u8)),
+                port: 8080,
+                node: NodeId(node),
+                conditions: Conditions::READY,
+            })
+            .collect()
+    }
+
+    /// The backend each of `flows` flow hashes is sent to.
+    fn choices(t: &mut ServiceTable<'_>, frontend: IpAddr, flows: u64) -> Vec<IpAddr> {
+        (0..flows)
+            .map(|h| {
+                forward(t.lookup(&query(frontend, 80, CLIENT, fmix64(h)), Instant::ZERO)).backend
+            })
+            .collect()
+    }
+
+    #[test]
+    fn maglev_tables_are_sized_from_their_backends() {
+        let mut st = Store::growing(8191, 4093 + 509 + 100);
+        let mut t = st.table();
+        service(&mut t, ServiceConfig::default());
+        let other = ServiceId(5);
+        let other_ip = IpAddr::V4(Ipv4Addr::new(10, 96, 0, 11));
+        t.upsert_service(other, ServiceConfig::default()).unwrap();
+        t.add_frontend(Frontend {
+            addr: other_ip,
+            port: 80,
+            protocol: PROTO_TCP,
+            kind: FrontendKind::ClusterIp,
+            service: other,
+        })
+        .unwrap();
+        t.set_backends(S, &ready_backends(2, 2)).unwrap();
+        assert_eq!(t.maglev_size(S), Some(251));
+        assert_eq!(t.maglev_size(other), Some(0));
+        t.set_backends(other, &ready_backends(3, 3)).unwrap();
+        assert_eq!(t.maglev_size(other), Some(509));
+        let before = choices(&mut t, other_ip, 300);
+
+        // Growth past M/100 rebuilds at the next size; the service after it in the
+        // arena keeps its table (shifted) and its choices.
+        t.set_backends(S, &ready_backends(40, 2)).unwrap();
+        assert_eq!(t.maglev_size(S), Some(4093));
+        assert_eq!(choices(&mut t, other_ip, 300), before);
+        // Every backend is used: the table was built at the new size.
+        let used: BTreeSet<IpAddr> = choices(&mut t, CLUSTER_IP, 4000).into_iter().collect();
+        assert_eq!(used.len(), 40);
+
+        // Beyond the arena: refused, and nothing changed.
+        assert_eq!(
+            t.set_backends(S, &ready_backends(41, 2)),
+            Err(ServiceError::MaglevStorageFull)
+        );
+        assert_eq!(t.maglev_size(S), Some(4093));
+        assert_eq!(t.backends(S).count(), 40);
+        assert_eq!(choices(&mut t, other_ip, 300), before);
+
+        // Shrinking takes the smaller size (the size is a function of N alone), and a
+        // service without cluster backends holds no table.
+        t.set_backends(S, &ready_backends(1, 2)).unwrap();
+        assert_eq!(t.maglev_size(S), Some(251));
+        t.set_backends(S, &[]).unwrap();
+        assert_eq!(t.maglev_size(S), Some(0));
+        assert_eq!(choices(&mut t, other_ip, 300), before);
+        assert!(t.remove_service(other));
+        assert_eq!(t.maglev_size(other), Some(0));
+    }
+
+    #[test]
+    fn table_size_follows_the_contract() {
+        assert_eq!(maglev::size_for(0, 65521), 251);
+        assert_eq!(maglev::size_for(2, 65521), 251);
+        assert_eq!(maglev::size_for(3, 65521), 509);
+        assert_eq!(maglev::size_for(100, 1_048_573), 16381);
+        assert_eq!(maglev::size_for(1000, 1_048_573), 131_071);
+        assert_eq!(maglev::size_for(1000, 65521), 65521);
+        assert_eq!(maglev::size_for(1000, 100_003), 100_003);
+        assert_eq!(maglev::size_for(5, 251), 251);
+        for &m in &maglev::SIZES {
+            assert!(maglev::is_prime(m), "{m}");
+        }
     }
 
     proptest! {

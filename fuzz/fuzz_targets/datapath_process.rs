@@ -26,33 +26,31 @@
 //!
 //! The time step advances the clock by `step × 0.5 s` (so idle timeouts pass). Checked
 //! after every packet: no panic, conntrack within its capacity, and every span of the
-//! action inside the buffer.
+//! action inside the buffer. The input then runs again on a fresh node through
+//! `Datapath::process_burst`, every run of frames with time step 0 as one burst: the
+//! actions, the frames' bytes and the drop counters must be those of the one-by-one
+//! run.
 #![no_main]
 
 use core::net::{IpAddr, Ipv4Addr};
 
 use libfuzzer_sys::fuzz_target;
-use podwire_core::conntrack::{self, Bucket, Entry};
 use podwire_core::datapath::{
-    Action, Datapath, DatapathConfig, DatapathStorage, DatapathTables, FlowEvent, FrameMeta,
-    Ingress, PortKind, Span, HEADROOM,
+    Action, BurstFrame, Datapath, DatapathConfig, FlowEvent, FrameMeta, Ingress, PortKind, Span,
+    HEADROOM,
 };
 use podwire_core::ids::{NodeId, PortId};
-use podwire_core::maglev::{self, MaglevScratch};
 use podwire_core::policy::{
-    DirPolicy, EndpointPolicy, Identity, IpSlot, PeerSpec, PolicyId, PolicyStorage, PortProtocol,
-    PortRange, Prefix, Rule, RuleSpec,
+    DirPolicy, EndpointPolicy, Identity, PeerSpec, PolicyId, PortProtocol, PortRange, RuleSpec,
 };
-use podwire_core::route::{
-    GatewaySlot, Ipv4Prefix, NextHop, RouteEntry, RouteStorage, RouteTable, TrieNode,
-};
+use podwire_core::route::{Ipv4Prefix, NextHop};
 use podwire_core::service::{
-    AffinitySlot, Backend, BackendSlot, Conditions, Frontend, FrontendKind, FrontendSlot,
-    ServiceConfig, ServiceId, ServiceSlot, ServiceStorage, TrafficPolicy,
+    Backend, Conditions, Frontend, FrontendKind, ServiceConfig, ServiceId, TrafficPolicy,
 };
-use podwire_core::vxlan::{Vtep, VtepSlot, VxlanConfig, IPV4_OVERHEAD};
+use podwire_core::vxlan::{Vtep, VxlanConfig, IPV4_OVERHEAD};
 use podwire_core::wire::EthernetAddress;
 use podwire_core::{Duration, Instant};
+use podwire_testkit::{NodeStore, TableSizes};
 
 const ROUTER1: EthernetAddress = EthernetAddress([0x02, 0xaa, 0, 0, 0, 1]);
 const ROUTER2: EthernetAddress = EthernetAddress([0x02, 0xaa, 0, 0, 0, 2]);
@@ -75,61 +73,30 @@ const RAW_UNDERLAY: PortId = PortId(3);
 const CONNTRACK_ENTRIES: usize = 16;
 const MAGLEV_SIZE: u32 = 251;
 
-/// The caller-owned storage of every table.
-struct Store {
-    direct: Vec<u32>,
-    nodes: Vec<TrieNode>,
-    leaves: Vec<u32>,
-    routes: Vec<RouteEntry<Ipv4Addr>>,
-    gateways: Vec<GatewaySlot>,
-    services: Vec<ServiceSlot>,
-    frontends: Vec<FrontendSlot>,
-    backends: Vec<BackendSlot>,
-    maglev: Vec<u16>,
-    scratch: Vec<MaglevScratch>,
-    affinity: Vec<AffinitySlot>,
-    buckets: Vec<Bucket>,
-    entries: Vec<Entry>,
-    addresses: Vec<IpSlot<podwire_core::policy::AddrInfo>>,
-    endpoint_policies: Vec<EndpointPolicy>,
-    rules: Vec<Rule>,
-    policy_ports: Vec<PortRange>,
-    peers: Vec<Identity>,
-    prefixes: Vec<Prefix>,
-    ports: Vec<Option<PortKind>>,
-    vteps: Vec<VtepSlot>,
-}
+/// The sizes of the node's tables.
+const SIZES: TableSizes = TableSizes {
+    ports: 6,
+    route_direct_bits: 8,
+    routes: 16,
+    route_gateways: 4,
+    vteps: 4,
+    services: 2,
+    frontends: 8,
+    backends: 8,
+    backends_per_service: 4,
+    max_maglev: MAGLEV_SIZE,
+    maglev_entries: 2 * MAGLEV_SIZE as usize,
+    affinity: 8,
+    connections: CONNTRACK_ENTRIES,
+    addresses: 16,
+    endpoint_policies: 4,
+    rules: 8,
+    policy_ports: 8,
+    peers: 8,
+    prefixes: 4,
+};
 
-impl Store {
-    fn new() -> Store {
-        let layout = RouteTable::<Ipv4Addr>::layout(8, 16, 4);
-        Store {
-            direct: vec![0; layout.direct],
-            nodes: vec![TrieNode::default(); layout.nodes],
-            leaves: vec![0; layout.leaves],
-            routes: vec![RouteEntry::default(); layout.routes],
-            gateways: vec![GatewaySlot::default(); layout.gateways],
-            services: vec![ServiceSlot::EMPTY; 2],
-            frontends: vec![FrontendSlot::EMPTY; 8],
-            backends: vec![BackendSlot::EMPTY; 8],
-            maglev: vec![0; 2 * MAGLEV_SIZE as usize],
-            scratch: vec![MaglevScratch::ZERO; maglev::scratch_len(4)],
-            affinity: vec![AffinitySlot::EMPTY; 8],
-            buckets: vec![Bucket::EMPTY; conntrack::buckets_for(CONNTRACK_ENTRIES)],
-            entries: vec![Entry::EMPTY; CONNTRACK_ENTRIES],
-            addresses: vec![IpSlot::EMPTY; 16],
-            endpoint_policies: vec![EndpointPolicy::default(); 4],
-            rules: vec![Rule::EMPTY; 8],
-            policy_ports: vec![PortRange::ANY; 8],
-            peers: vec![Identity(0); 8],
-            prefixes: vec![Prefix::EMPTY; 4],
-            ports: vec![None; 6],
-            vteps: vec![VtepSlot::EMPTY; 4],
-        }
-    }
-}
-
-fn datapath(st: &mut Store) -> Datapath<'_> {
+fn datapath(st: &mut NodeStore) -> Datapath<'_> {
     let mut vxlan = VxlanConfig::new(IpAddr::V4(NODE1_IP), UNDERLAY_MAC1);
     vxlan.underlay_mtu = 1500;
     let config = DatapathConfig {
@@ -140,42 +107,7 @@ fn datapath(st: &mut Store) -> Datapath<'_> {
         vxlan,
         flow_seed: 7,
     };
-    let storage = DatapathStorage {
-        ports: &mut st.ports,
-        routes: RouteStorage {
-            direct: &mut st.direct,
-            nodes: &mut st.nodes,
-            leaves: &mut st.leaves,
-            routes: &mut st.routes,
-            gateways: &mut st.gateways,
-        },
-        vteps: &mut st.vteps,
-        services: ServiceStorage {
-            services: &mut st.services,
-            frontends: &mut st.frontends,
-            backends: &mut st.backends,
-            maglev: &mut st.maglev,
-            scratch: &mut st.scratch,
-            affinity: &mut st.affinity,
-        },
-        conntrack_buckets: &mut st.buckets,
-        conntrack_entries: &mut st.entries,
-        policy: PolicyStorage {
-            addresses: &mut st.addresses,
-            endpoint_policies: &mut st.endpoint_policies,
-            rules: &mut st.rules,
-            ports: &mut st.policy_ports,
-            peers: &mut st.peers,
-            prefixes: &mut st.prefixes,
-        },
-    };
-    let tables = DatapathTables::new(
-        storage,
-        NodeId(1),
-        MAGLEV_SIZE,
-        conntrack::Config::default(),
-    )
-    .unwrap();
+    let tables = st.tables(NodeId(1)).unwrap();
     let mut dp = Datapath::new(config, tables);
     let ports = dp.ports_mut();
     ports.set(HOST, PortKind::Host { mac: HOST_MAC }).unwrap();
@@ -446,7 +378,23 @@ fn control(dp: &mut Datapath<'_>, op: u8, now: Instant) {
     }
 }
 
-fn run(data: &[u8], dp: &mut Datapath<'_>) {
+/// One step of an input: a control-plane change, or a frame at a time.
+enum Record {
+    Control(u8, Instant),
+    Frame(Instant, Input),
+}
+
+/// A frame of an input and where it enters.
+struct Input {
+    ingress: Ingress,
+    buf: Vec<u8>,
+    span: Span,
+    meta: FrameMeta,
+}
+
+/// The records of an input (see the module documentation).
+fn records(data: &[u8]) -> Vec<Record> {
+    let mut out = Vec::new();
     let mut now = Instant::from_secs(1_000_000);
     let mut rest = data;
     while let [selector, step, lo, hi, tail @ ..] = rest {
@@ -456,7 +404,7 @@ fn run(data: &[u8], dp: &mut Datapath<'_>) {
         now += Duration::from_millis(u64::from(*step) * 500);
         let ingress_sel = selector & 7;
         if ingress_sel == 7 {
-            control(dp, bytes.first().copied().unwrap_or(0), now);
+            out.push(Record::Control(bytes.first().copied().unwrap_or(0), now));
             continue;
         }
         let frame = if selector & 0x80 != 0 {
@@ -502,14 +450,46 @@ fn run(data: &[u8], dp: &mut Datapath<'_>) {
             start: headroom,
             len: frame.len(),
         };
-        let meta = FrameMeta {
-            gso_size: (*step != 0).then(|| u16::from(*step) * 8 + 1),
-            checksum_partial: true,
-        };
-        let action = if selector & 0x08 != 0 {
-            dp.process_with(now, ingress, &mut buf, span, meta)
+        let meta = if selector & 0x08 != 0 {
+            FrameMeta {
+                gso_size: (*step != 0).then(|| u16::from(*step) * 8 + 1),
+                checksum_partial: true,
+            }
         } else {
-            dp.process(now, ingress, &mut buf, span)
+            FrameMeta::PLAIN
+        };
+        out.push(Record::Frame(
+            now,
+            Input {
+                ingress,
+                buf,
+                span,
+                meta,
+            },
+        ));
+    }
+    out
+}
+
+/// Runs `records` one frame at a time, checking every action; returns the actions and
+/// the time of the last frame.
+fn run(records: &mut [Record], dp: &mut Datapath<'_>) -> (Vec<Action>, Instant) {
+    let mut actions = Vec::new();
+    let mut last = Instant::from_secs(1_000_000);
+    for record in records.iter_mut() {
+        let (now, f) = match record {
+            Record::Control(op, now) => {
+                control(dp, *op, *now);
+                continue;
+            }
+            Record::Frame(now, f) => (*now, f),
+        };
+        last = now;
+        let buf = &mut f.buf;
+        let action = if f.meta.is_offloaded() {
+            dp.process_with(now, f.ingress, buf, f.span, f.meta)
+        } else {
+            dp.process(now, f.ingress, buf, f.span)
         };
         match action {
             Action::Deliver { frame, .. } | Action::Reply { frame } => {
@@ -522,10 +502,79 @@ fn run(data: &[u8], dp: &mut Datapath<'_>) {
             }
             Action::Drop(_) => {}
         }
+        actions.push(action);
         let ct = &dp.tables().conntrack;
         assert!(ct.len() <= ct.capacity());
         assert_eq!(ct.iter().count(), ct.len());
     }
+    (actions, last)
+}
+
+/// Runs `records` with `process_burst`, each run of frames that arrive at the same
+/// time as one burst; returns the actions.
+fn run_bursts(records: &mut [Record], dp: &mut Datapath<'_>) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let mut burst: Vec<BurstFrame<'_>> = Vec::new();
+    let mut burst_now = None;
+    for record in records.iter_mut() {
+        match record {
+            Record::Control(op, now) => {
+                flush(dp, burst_now, &mut burst, &mut actions);
+                control(dp, *op, *now);
+            }
+            Record::Frame(now, f) => {
+                if burst_now != Some(*now) {
+                    flush(dp, burst_now, &mut burst, &mut actions);
+                    burst_now = Some(*now);
+                }
+                let mut frame = BurstFrame::new(f.ingress, &mut f.buf, f.span);
+                frame.meta = f.meta;
+                burst.push(frame);
+            }
+        }
+    }
+    flush(dp, burst_now, &mut burst, &mut actions);
+    actions
+}
+
+fn flush(
+    dp: &mut Datapath<'_>,
+    now: Option<Instant>,
+    burst: &mut Vec<BurstFrame<'_>>,
+    actions: &mut Vec<Action>,
+) {
+    if let Some(now) = now {
+        dp.process_burst(now, burst);
+    }
+    actions.extend(
+        burst
+            .drain(..)
+            .map(|f| f.action.expect("every frame of a burst is processed")),
+    );
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut store = NodeStore::new(SIZES);
+    let mut ring: heapless::spsc::Queue<FlowEvent, 4> = heapless::spsc::Queue::new();
+    let (producer, _consumer) = ring.split();
+    let mut dp = datapath(&mut store);
+    dp.events().connect(producer);
+    let mut singles = records(data);
+    let (actions, last) = run(&mut singles, &mut dp);
+
+    // The same input in bursts: the same actions, the same bytes, the same counters.
+    let mut burst_store = NodeStore::new(SIZES);
+    let mut burst_dp = datapath(&mut burst_store);
+    let mut bursts = records(data);
+    let burst_actions = run_bursts(&mut bursts, &mut burst_dp);
+    assert_eq!(actions, burst_actions);
+    for (a, b) in singles.iter().zip(&bursts) {
+        if let (Record::Frame(_, a), Record::Frame(_, b)) = (a, b) {
+            assert_eq!(a.buf, b.buf);
+        }
+    }
+    assert_eq!(dp.drops(), burst_dp.drops());
+
     // A process call with a span outside the buffer is a drop, not a panic.
     let mut small = [0u8; 8];
     let outside = Span {
@@ -533,16 +582,7 @@ fn run(data: &[u8], dp: &mut Datapath<'_>) {
         len: usize::MAX,
     };
     assert!(matches!(
-        dp.process(now, Ingress::Port(PORT_A), &mut small, outside),
+        dp.process(last, Ingress::Port(PORT_A), &mut small, outside),
         Action::Drop(_)
     ));
-}
-
-fuzz_target!(|data: &[u8]| {
-    let mut store = Store::new();
-    let mut ring: heapless::spsc::Queue<FlowEvent, 4> = heapless::spsc::Queue::new();
-    let (producer, _consumer) = ring.split();
-    let mut dp = datapath(&mut store);
-    dp.events().connect(producer);
-    run(data, &mut dp);
 });

@@ -409,6 +409,54 @@ fn established(ct: &mut ConnTrack, k: FlowKey, now: i64) -> EntryId {
 }
 
 #[test]
+fn established_segments_take_the_fast_path_and_flags_still_count() {
+    let mut st = Storage::new(8, 4);
+    let mut ct = st.table(Config::default());
+    let id = established(&mut ct, client(40000), 10);
+    let timeouts = Timeouts::DEFAULT;
+    // Data and pure ACKs (PSH and URG are not state flags): state kept, counters and
+    // the established timeout refreshed, in both directions.
+    for (i, (dir, flags)) in [
+        (Direction::Original, TCP_ACK | 0x08),
+        (Direction::Reply, TCP_ACK),
+        (Direction::Original, 0x20 | TCP_ACK),
+        (Direction::Reply, 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let now = t(20 + i as i64);
+        let state = ct.update(id, dir, flags, 100, now).unwrap();
+        assert_eq!(state, ConnState::Tcp(TcpState::Established));
+        let e = ct.entry(id).unwrap();
+        assert_eq!(e.last_seen(), now);
+        assert_eq!(e.expires(), now + timeouts.tcp_established);
+    }
+    let e = ct.entry(id).unwrap();
+    assert_eq!(e.packets(Direction::Original), 2 + 2);
+    assert_eq!(e.packets(Direction::Reply), 1 + 2);
+    assert_eq!(e.bytes(Direction::Reply), 200);
+    // Reading ahead (a burst's look-ahead) changes and counts nothing.
+    let before = *ct.counters();
+    ct.touch(&client(40000));
+    ct.touch(&client(1));
+    assert_eq!(*ct.counters(), before);
+    assert_eq!(ct.entry(id).unwrap().packets(Direction::Original), 4);
+    // A FIN leaves the fast path: the connection starts closing.
+    let state = ct
+        .update(id, Direction::Reply, TCP_FIN | TCP_ACK, 0, t(30))
+        .unwrap();
+    assert_eq!(state, ConnState::Tcp(TcpState::FinWait));
+    let mut st = Storage::new(8, 4);
+    let mut ct = st.table(Config::default());
+    let id = established(&mut ct, client(40001), 10);
+    let state = ct
+        .update(id, Direction::Original, TCP_RST, 0, t(11))
+        .unwrap();
+    assert_eq!(state, ConnState::Tcp(TcpState::Close));
+}
+
+#[test]
 fn eviction_order_protects_established() {
     let mut s = tiny();
     let mut ct = s.table(Config::default());

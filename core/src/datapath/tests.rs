@@ -1189,3 +1189,87 @@ fn next_hops_round_trip_through_the_conntrack_cache_encoding() {
     }
     assert_eq!(super::decode_hop(0), None);
 }
+
+/// Node 1's inputs of 12 cross-node connections: A's SYNs, B's SYN-ACKs as VXLAN
+/// payloads from node 2, A's data segments, and two frames that must be dropped (a
+/// truncated one, one from an unknown port); in an interleaved order, more than one
+/// burst window.
+fn node1_inputs() -> Vec<(Ingress, (Vec<u8>, Span))> {
+    let (mut n1, mut n2) = cluster();
+    let node2 = underlay(IpAddr::V4(NODE2_IP), 50000);
+    let mut inputs = Vec::new();
+    for i in 0..12 {
+        let sport = 41000 + i;
+        let syn = tcp_from(A_MAC, A, B, sport, 8080, SYN);
+        let out = run(&mut n1, Ingress::Port(PORT_A), syn.clone());
+        run(
+            &mut n2,
+            underlay(IpAddr::V4(NODE1_IP), 50000),
+            out.vxlan_payload(),
+        );
+        let out = run(&mut n2, Ingress::Port(PORT_B), syn_ack_from_b(sport));
+        inputs.push((Ingress::Port(PORT_A), syn));
+        inputs.push((node2, out.vxlan_payload()));
+        inputs.push((
+            Ingress::Port(PORT_A),
+            tcp_from(A_MAC, A, B, sport, 8080, ACK),
+        ));
+    }
+    let (buf, mut span) = tcp_from(A_MAC, A, B, 41000, 8080, ACK);
+    span.len = 30;
+    inputs.insert(5, (Ingress::Port(PORT_A), (buf, span)));
+    inputs.insert(
+        20,
+        (
+            Ingress::Port(PortId(7)),
+            tcp_from(A_MAC, A, B, 41001, 8080, ACK),
+        ),
+    );
+    inputs
+}
+
+#[test]
+fn a_burst_is_processed_as_its_frames_one_by_one() {
+    let inputs = node1_inputs();
+    assert!(inputs.len() > BURST_WINDOW);
+    let (mut one_by_one, _) = cluster();
+    let singles: Vec<Out> = inputs
+        .iter()
+        .map(|(ingress, frame)| run(&mut one_by_one, *ingress, frame.clone()))
+        .collect();
+
+    let (mut bursty, _) = cluster();
+    let mut bufs: Vec<(Ingress, (Vec<u8>, Span))> = inputs.clone();
+    let mut burst: Vec<BurstFrame<'_>> = bufs
+        .iter_mut()
+        .map(|(ingress, (buf, span))| BurstFrame::new(*ingress, buf, *span))
+        .collect();
+    bursty.process_burst(T0, &mut burst);
+    let actions: Vec<Option<Action>> = burst.iter().map(|f| f.action).collect();
+    drop(burst);
+
+    for (i, (single, action)) in singles.iter().zip(&actions).enumerate() {
+        assert_eq!(Some(single.action), *action, "frame {i}");
+        assert_eq!(single.buf, bufs[i].1 .0, "frame {i}'s bytes");
+    }
+    assert!(
+        matches!(actions[5], Some(Action::Drop(_))),
+        "{:?}",
+        actions[5]
+    );
+    assert!(matches!(
+        actions[20],
+        Some(Action::Drop(DropReason::UnknownPort))
+    ));
+    assert_eq!(one_by_one.stats(), bursty.stats());
+    assert_eq!(one_by_one.drops(), bursty.drops());
+    assert_eq!(bursty.tables().conntrack.len(), 12);
+    assert!(bursty
+        .tables()
+        .conntrack
+        .iter()
+        .all(|(_, e)| e.state() == conntrack::ConnState::Tcp(conntrack::TcpState::Established)));
+    // An empty burst is nothing to do.
+    bursty.process_burst(T0, &mut []);
+    assert_eq!(one_by_one.stats(), bursty.stats());
+}
