@@ -25,15 +25,13 @@ use podwire_core::conntrack::Direction;
 use podwire_core::datapath::{Action, Datapath, DatapathConfig, Ingress, PortKind, Span, HEADROOM};
 use podwire_core::ids::{NodeId, PortId};
 use podwire_core::route::{Ipv4Prefix, NextHop};
-use podwire_core::service::{
-    Backend, Conditions, Frontend, FrontendKind, ServiceConfig, ServiceId, TrafficPolicy,
-};
+use podwire_core::service::{FrontendKind, ServiceId};
 use podwire_core::vxlan::{Vtep, VxlanConfig};
 use podwire_core::wire::EthernetAddress;
 use podwire_core::Instant;
 
 use podwire_examples::{self as frames, Transport, ACK, SYN};
-use podwire_testkit::{NodeStore, TableSizes};
+use podwire_testkit::{add_tcp_service, ready_backend, NodeStore, TableSizes};
 
 /// A node: its id, pod block, gateway, underlay address and MACs.
 struct NodeSpec {
@@ -219,36 +217,13 @@ fn know_peer(dp: &mut Datapath<'static>, peer: &NodeSpec) {
 /// backend `web` on node 2, port 8080.
 fn add_web_service(dp: &mut Datapath<'static>) {
     let node = dp.config().node.0;
-    let services = dp.services_mut();
-    let id = ServiceId(0);
-    services
-        .upsert_service(
-            id,
-            ServiceConfig {
-                affinity: None,
-                external_policy: TrafficPolicy::Cluster,
-                internal_policy: TrafficPolicy::Cluster,
-            },
-        )
-        .expect("service id in range");
-    let backend = Backend {
-        addr: IpAddr::V4(WEB.ip),
-        port: TARGET_PORT,
-        node: NodeId(NODE2.id),
-        conditions: Conditions::READY,
-    };
-    services
-        .set_backends(id, &[backend])
-        .expect("room for a backend");
-    services
-        .add_frontend(Frontend {
-            addr: IpAddr::V4(SERVICE_IP),
-            port: SERVICE_PORT,
-            protocol: 6,
-            kind: FrontendKind::ClusterIp,
-            service: id,
-        })
-        .expect("room for a frontend");
+    add_tcp_service(
+        dp.services_mut(),
+        ServiceId(0),
+        &[ready_backend(WEB.ip, TARGET_PORT, NodeId(NODE2.id))],
+        &[(SERVICE_IP, SERVICE_PORT, FrontendKind::ClusterIp)],
+    )
+    .expect("room for the service");
     println!(
         "node {node}: service web {SERVICE_IP}:{SERVICE_PORT}/TCP -> backend {}:{TARGET_PORT} on node {}",
         WEB.ip, NODE2.id

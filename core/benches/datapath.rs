@@ -72,13 +72,11 @@ use podwire_core::policy::{
     DirPolicy, EndpointPolicy, Identity, PeerSpec, PolicyId, PortProtocol, PortRange, RuleSpec,
 };
 use podwire_core::route::{Ipv4Prefix, NextHop, RouteLayout};
-use podwire_core::service::{
-    Backend, Conditions, Frontend, FrontendKind, ServiceConfig, ServiceId, TrafficPolicy,
-};
+use podwire_core::service::{Backend, FrontendKind, ServiceId};
 use podwire_core::vxlan::{Vtep, VxlanConfig, IPV4_OVERHEAD};
 use podwire_core::wire::EthernetAddress;
 use podwire_core::Instant;
-use podwire_testkit::{NodeStore, TableSizes};
+use podwire_testkit::{add_tcp_service, ready_backend, NodeStore, TableSizes};
 
 const PODS: usize = 100;
 const NODES: usize = 100;
@@ -222,42 +220,24 @@ fn node_under_test() -> Datapath<'static> {
 fn add_services(dp: &mut Datapath<'static>) {
     let services = dp.services_mut();
     for s in 0..SERVICES {
-        let id = ServiceId(s as u16);
-        services
-            .upsert_service(
-                id,
-                ServiceConfig {
-                    affinity: None,
-                    external_policy: TrafficPolicy::Cluster,
-                    internal_policy: TrafficPolicy::Cluster,
-                },
-            )
-            .unwrap();
         let backends: Vec<Backend> = (0..BACKENDS_PER_SERVICE)
             .map(|b| {
                 let node = 1 + (s * 7 + b * 13) % NODES;
-                Backend {
-                    addr: IpAddr::V4(remote_pod(node, (s + b) % PODS)),
-                    port: 8080,
-                    node: NodeId(1 + node as u16),
-                    conditions: Conditions {
-                        ready: true,
-                        serving: true,
-                        terminating: false,
-                    },
-                }
+                ready_backend(
+                    remote_pod(node, (s + b) % PODS),
+                    8080,
+                    NodeId(1 + node as u16),
+                )
             })
             .collect();
-        services.set_backends(id, &backends).unwrap();
-        services
-            .add_frontend(Frontend {
-                addr: IpAddr::V4(Ipv4Addr::new(10, 96, (s / 250) as u8, (s % 250) as u8 + 1)),
-                port: 80,
-                protocol: 6,
-                kind: FrontendKind::ClusterIp,
-                service: id,
-            })
-            .unwrap();
+        let cluster_ip = Ipv4Addr::new(10, 96, (s / 250) as u8, (s % 250) as u8 + 1);
+        add_tcp_service(
+            services,
+            ServiceId(s as u16),
+            &backends,
+            &[(cluster_ip, 80, FrontendKind::ClusterIp)],
+        )
+        .unwrap();
     }
 }
 

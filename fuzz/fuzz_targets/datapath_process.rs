@@ -44,13 +44,11 @@ use podwire_core::policy::{
     DirPolicy, EndpointPolicy, Identity, PeerSpec, PolicyId, PortProtocol, PortRange, RuleSpec,
 };
 use podwire_core::route::{Ipv4Prefix, NextHop};
-use podwire_core::service::{
-    Backend, Conditions, Frontend, FrontendKind, ServiceConfig, ServiceId, TrafficPolicy,
-};
+use podwire_core::service::{FrontendKind, ServiceId};
 use podwire_core::vxlan::{Vtep, VxlanConfig, IPV4_OVERHEAD};
 use podwire_core::wire::EthernetAddress;
 use podwire_core::{Duration, Instant};
-use podwire_testkit::{NodeStore, TableSizes};
+use podwire_testkit::{add_tcp_service, ready_backend, NodeStore, TableSizes};
 
 const ROUTER1: EthernetAddress = EthernetAddress([0x02, 0xaa, 0, 0, 0, 1]);
 const ROUTER2: EthernetAddress = EthernetAddress([0x02, 0xaa, 0, 0, 0, 2]);
@@ -131,45 +129,19 @@ fn datapath(st: &mut NodeStore) -> Datapath<'_> {
         .unwrap();
     add_peer(&mut dp);
 
-    let services = dp.services_mut();
-    let id = ServiceId(0);
-    services
-        .upsert_service(
-            id,
-            ServiceConfig {
-                affinity: None,
-                external_policy: TrafficPolicy::Cluster,
-                internal_policy: TrafficPolicy::Cluster,
-            },
-        )
-        .unwrap();
-    let backend = |addr: Ipv4Addr, node: u16| Backend {
-        addr: IpAddr::V4(addr),
-        port: 8080,
-        node: NodeId(node),
-        conditions: Conditions {
-            ready: true,
-            serving: true,
-            terminating: false,
-        },
-    };
-    services
-        .set_backends(id, &[backend(A, 1), backend(B, 2)])
-        .unwrap();
-    for (addr, port, kind) in [
-        (SERVICE_IP, 80, FrontendKind::ClusterIp),
-        (NODE1_IP, 30080, FrontendKind::NodePort),
-    ] {
-        services
-            .add_frontend(Frontend {
-                addr: IpAddr::V4(addr),
-                port,
-                protocol: 6,
-                kind,
-                service: id,
-            })
-            .unwrap();
-    }
+    add_tcp_service(
+        dp.services_mut(),
+        ServiceId(0),
+        &[
+            ready_backend(A, 8080, NodeId(1)),
+            ready_backend(B, 8080, NodeId(2)),
+        ],
+        &[
+            (SERVICE_IP, 80, FrontendKind::ClusterIp),
+            (NODE1_IP, 30080, FrontendKind::NodePort),
+        ],
+    )
+    .unwrap();
     isolate_c(&mut dp, true);
     dp
 }

@@ -9,21 +9,26 @@
 //! [`NodeStore::tables`] builds every table over them with
 //! [`DatapathTables::new`](podwire_core::datapath::DatapathTables::new). A fuzz target
 //! keeps a fresh `NodeStore` per input; a benchmark or an example that wants
-//! `'static` tables leaks one ([`NodeStore::leak`]). std only: the core itself stays
+//! `'static` tables leaks one ([`NodeStore::leak`]). [`add_tcp_service`] and
+//! [`ready_backend`] give a scenario its service in one call. std only: the core itself stays
 //! `no_std` and its unit tests keep their own storage (a core test cannot use a crate
 //! that depends on the core).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use podwire_core::conntrack::{self, Bucket, Entry};
 use podwire_core::datapath::{DatapathStorage, DatapathTables, PortKind, TablesError};
+use podwire_core::flow::PROTO_TCP;
 use podwire_core::ids::NodeId;
 use podwire_core::maglev::{self, MaglevScratch};
 use podwire_core::policy::{
     AddrInfo, EndpointPolicy, Identity, IpSlot, PolicyStorage, PortRange, Prefix, Rule,
 };
 use podwire_core::route::{GatewaySlot, RouteEntry, RouteStorage, RouteTable, TrieNode};
-use podwire_core::service::{AffinitySlot, BackendSlot, FrontendSlot, ServiceSlot, ServiceStorage};
+use podwire_core::service::{
+    AffinitySlot, Backend, BackendSlot, Conditions, Frontend, FrontendKind, FrontendSlot,
+    ServiceConfig, ServiceError, ServiceId, ServiceSlot, ServiceStorage, ServiceTable,
+};
 use podwire_core::vxlan::VtepSlot;
 
 /// How much of everything a node's tables hold.
@@ -213,6 +218,39 @@ impl NodeStore {
     }
 }
 
+/// A ready backend `addr:port` on `node`.
+pub fn ready_backend(addr: Ipv4Addr, port: u16, node: NodeId) -> Backend {
+    Backend {
+        addr: IpAddr::V4(addr),
+        port,
+        node,
+        conditions: Conditions::READY,
+    }
+}
+
+/// Creates the TCP service `id` with the default settings (no affinity, `Cluster`
+/// traffic policies) and `backends`, reachable at each `(address, port, kind)` of
+/// `frontends`.
+pub fn add_tcp_service(
+    services: &mut ServiceTable<'_>,
+    id: ServiceId,
+    backends: &[Backend],
+    frontends: &[(Ipv4Addr, u16, FrontendKind)],
+) -> Result<(), ServiceError> {
+    services.upsert_service(id, ServiceConfig::default())?;
+    services.set_backends(id, backends)?;
+    for &(addr, port, kind) in frontends {
+        services.add_frontend(Frontend {
+            addr: IpAddr::V4(addr),
+            port,
+            protocol: PROTO_TCP,
+            kind,
+            service: id,
+        })?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +262,38 @@ mod tests {
         assert_eq!(tables.conntrack.capacity(), 256);
         assert_eq!(tables.services.max_maglev_size(), 251);
         assert_eq!(store.sizes().ports, 8);
+    }
+
+    #[test]
+    fn a_tcp_service_is_reachable_at_its_frontends() {
+        let mut store = NodeStore::new(TableSizes::SMALL);
+        let mut tables = store.tables(NodeId(1)).unwrap();
+        let cluster_ip = Ipv4Addr::new(10, 96, 0, 10);
+        let backend = ready_backend(Ipv4Addr::new(10, 244, 2, 2), 8080, NodeId(2));
+        add_tcp_service(
+            &mut tables.services,
+            ServiceId(1),
+            &[backend],
+            &[(cluster_ip, 80, FrontendKind::ClusterIp)],
+        )
+        .unwrap();
+        let f = tables
+            .services
+            .frontend(IpAddr::V4(cluster_ip), 80, PROTO_TCP, false)
+            .unwrap();
+        assert_eq!(f.service, ServiceId(1));
+        assert_eq!(
+            tables
+                .services
+                .backends(ServiceId(1))
+                .copied()
+                .collect::<Vec<_>>(),
+            [backend]
+        );
+        assert_eq!(
+            add_tcp_service(&mut tables.services, ServiceId(99), &[], &[]),
+            Err(ServiceError::ServiceIdOutOfRange)
+        );
     }
 
     #[test]
