@@ -165,7 +165,12 @@ pub fn build(setup: &NodeSetup, sizes: Sizes) -> Result<Datapath<'static>, Strin
         vxlan,
         flow_seed: 0x706f_6477_6972_6521,
     };
-    let maglev_size = 251u32;
+    // Each service's Maglev table is sized from its backends (M ≥ 100 · N) up to
+    // this prime; the arena holds the smallest table of every service plus room for
+    // every backend at twice the ratio (the primes are about powers of two apart).
+    let maglev_max = 65_521u32;
+    let (services, backends) = (64usize, 512usize);
+    let maglev_arena = services * maglev::SIZES[0] as usize + 2 * maglev::RATIO * backends;
     let storage = DatapathStorage {
         ports: leak(None, sizes.ports),
         routes: RouteStorage {
@@ -177,11 +182,11 @@ pub fn build(setup: &NodeSetup, sizes: Sizes) -> Result<Datapath<'static>, Strin
         },
         vteps: leak(VtepSlot::EMPTY, sizes.vteps),
         services: ServiceStorage {
-            services: leak(ServiceSlot::EMPTY, 64),
+            services: leak(ServiceSlot::EMPTY, services),
             frontends: leak(FrontendSlot::EMPTY, 256),
-            backends: leak(BackendSlot::EMPTY, 512),
-            maglev: leak(0u16, 64 * maglev_size as usize),
-            scratch: leak(MaglevScratch::ZERO, maglev::scratch_len(64)),
+            backends: leak(BackendSlot::EMPTY, backends),
+            maglev: leak(0u16, maglev_arena),
+            scratch: leak(MaglevScratch::ZERO, maglev::scratch_len(backends)),
             affinity: leak(AffinitySlot::EMPTY, 1024),
         },
         conntrack_buckets: leak(Bucket::EMPTY, conntrack::buckets_for(sizes.conntrack)),
@@ -198,7 +203,7 @@ pub fn build(setup: &NodeSetup, sizes: Sizes) -> Result<Datapath<'static>, Strin
     let tables = DatapathTables::new(
         storage,
         setup.node,
-        maglev_size,
+        maglev_max,
         conntrack::Config::default(),
     )
     .map_err(|e| format!("datapath tables: {e:?}"))?;
