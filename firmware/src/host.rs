@@ -39,7 +39,11 @@ pub async fn run(spawner: Spawner) {
         Err(_) => unreachable!("the network task is spawned once"),
     }
     pod::spawn_services(&spawner, stack);
-    log::info!("host board up on {name}: {}/{}", config::ADDRESS, config::PREFIX_LEN);
+    log::info!(
+        "host board up on {name}: {}/{}",
+        config::ADDRESS,
+        config::PREFIX_LEN
+    );
 }
 
 /// A random seed for the stack (TCP initial sequence numbers, ephemeral ports).

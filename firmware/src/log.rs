@@ -2,7 +2,7 @@
 //! strings are a subset of `core::fmt`'s), the `log` crate on `host`. Application code
 //! writes `log::info!(...)` and stays board-independent.
 
-#[cfg(not(feature = "host"))]
-pub use defmt::{info, warn};
 #[cfg(feature = "host")]
 pub use ::log::{info, warn};
+#[cfg(not(feature = "host"))]
+pub use defmt::{info, warn};

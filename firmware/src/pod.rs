@@ -67,7 +67,11 @@ async fn tcp_echo(stack: Stack<'static>, session: usize) -> ! {
         if socket.flush().await.is_err() {
             socket.abort();
         }
-        log::info!("tcp echo {}: connection closed after {} bytes", session, echoed);
+        log::info!(
+            "tcp echo {}: connection closed after {} bytes",
+            session,
+            echoed
+        );
     }
 }
 
@@ -88,7 +92,10 @@ async fn udp_echo(stack: Stack<'static>) -> ! {
     }
     loop {
         let Ok((n, meta)) = socket.recv_from(&mut buf).await else {
-            log::warn!("udp echo: datagram larger than {} bytes dropped", UDP_BUFFER);
+            log::warn!(
+                "udp echo: datagram larger than {} bytes dropped",
+                UDP_BUFFER
+            );
             continue;
         };
         if socket.send_to(&buf[..n], meta.endpoint).await.is_err() {
