@@ -6,13 +6,12 @@
 //! must be brought up by whoever attaches it (tests/firmware does, inside its netns).
 
 use embassy_executor::Spawner;
-use embassy_net::{Runner, StackResources};
 use embassy_net_tuntap::TunTapDevice;
-use static_cell::StaticCell;
 
-use crate::{config, log, pod};
+use crate::pod::{self, PodLink};
+use crate::{config, log, node};
 
-/// Runs the board: the TAP, the stack, the services.
+/// Runs the board: the TAP as the underlay, the pod, the node.
 pub async fn run(spawner: Spawner) {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
@@ -25,35 +24,17 @@ pub async fn run(spawner: Spawner) {
             std::process::exit(1);
         }
     };
-    device.set_hardware_address(config::MAC);
-
-    static RESOURCES: StaticCell<StackResources<{ pod::SOCKETS }>> = StaticCell::new();
-    let (stack, runner) = embassy_net::new(
-        device,
-        config::ipv4(),
-        RESOURCES.init(StackResources::new()),
-        seed(),
-    );
-    match net(runner) {
+    device.set_hardware_address(config::UNDERLAY_MAC);
+    let pod = pod::start(&spawner);
+    match node_task(device, pod) {
         Ok(token) => spawner.spawn(token),
-        Err(_) => unreachable!("the network task is spawned once"),
+        Err(_) => unreachable!("the node task is spawned once"),
     }
-    pod::spawn_services(&spawner, stack);
-    log::info!(
-        "host board up on {name}: {}/{}",
-        config::ADDRESS,
-        config::PREFIX_LEN
-    );
+    log::info!("host board up on {}", name);
 }
 
-/// A random seed for the stack (TCP initial sequence numbers, ephemeral ports).
-fn seed() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::process::id())
-}
-
-/// The embassy-net stack's runner.
+/// The node's datapath between the TAP and the pod.
 #[embassy_executor::task]
-async fn net(mut runner: Runner<'static, TunTapDevice>) -> ! {
-    runner.run().await
+async fn node_task(underlay: TunTapDevice, pod: PodLink) -> ! {
+    node::run(underlay, pod).await
 }

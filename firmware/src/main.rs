@@ -2,11 +2,12 @@
 //! its "pods" are services running on the board.
 //!
 //! Design note: one module per board behind a feature (`qemu-mps2-an386`, `host`), each
-//! exposing the same `run(spawner)`: bring up the clock and the Ethernet, build the
-//! embassy-net stack, and hand it to the board-independent application in [`pod`]. The
-//! `host` board runs the very same application on Linux over a TAP device, so it is
-//! tested fast in network namespaces; the QEMU board runs it on a Cortex-M4F against
-//! QEMU's LAN9118 model. Logs go through [`log`]'s macros: defmt on the Cortex-M boards,
+//! exposing the same `run(spawner)`: bring up the clock and the Ethernet, start the
+//! board-independent pod ([`pod`]: an embassy-net stack behind a virtual Ethernet) and
+//! the node ([`node`]: the core datapath between the Ethernet, a raw VXLAN underlay,
+//! and the pod). The `host` board runs the very same application on Linux over a TAP
+//! device, so it is tested fast in network namespaces; the QEMU board runs it on a
+//! Cortex-M4F against QEMU's LAN9118 model. Logs go through [`log`]'s macros: defmt on the Cortex-M boards,
 //! the `log` crate on `host`.
 #![cfg_attr(not(feature = "host"), no_std)]
 #![cfg_attr(not(feature = "host"), no_main)]
@@ -18,6 +19,7 @@ compile_error!("select only one board feature");
 
 mod config;
 mod log;
+mod node;
 mod pod;
 
 #[cfg(feature = "host")]

@@ -1,32 +1,65 @@
-//! A board-local pod's services, independent of the board: a TCP echo and a UDP echo
-//! (RFC 862) on [`config::ECHO_PORT`] of an embassy-net stack. ICMP echo is answered by
-//! the stack itself.
+//! A board-local pod: an embassy-net stack with the pod's address behind a virtual
+//! Ethernet (an embassy-net-driver-channel channel whose other end the node's datapath
+//! feeds, see [`crate::node`]), serving a TCP echo and a UDP echo (RFC 862) on
+//! [`config::ECHO_PORT`]; ICMP echo is answered by the stack itself.
 //!
-//! Design note: TCP echo runs in [`TCP_SESSIONS`] tasks, each with its own listening
-//! socket on the same port, so that many clients are served at once (smoltcp hands an
-//! incoming SYN to the first listening socket of the port). Buffers are the tasks' own
-//! (static, inside the task's future), nothing is allocated.
+//! Design note: the pod knows nothing of the board: its "wire" is the channel, its
+//! gateway the datapath (which answers its ARP for the gateway, as for a Linux pod),
+//! its MTU the underlay's less the VXLAN overhead. TCP echo runs in [`TCP_SESSIONS`]
+//! tasks, each with its own listening socket on the same port, so that several clients
+//! are served at once (smoltcp hands an incoming SYN to a listening socket of the port).
+//! Buffers live in the tasks (static), nothing is allocated.
 
 use embassy_executor::Spawner;
 use embassy_net::tcp::TcpSocket;
 use embassy_net::udp::{PacketMetadata, UdpSocket};
-use embassy_net::Stack;
+use embassy_net::{Ipv4Address, Ipv4Cidr, Runner, Stack, StackResources, StaticConfigV4};
+use embassy_net_driver_channel as ch;
 use embedded_io_async::Write;
+use static_cell::StaticCell;
 
-use crate::config;
-use crate::log;
+use crate::{config, log};
 
+/// The pod's Ethernet frames: its MTU (underlay MTU − 50) plus the Ethernet header.
+pub const FRAME: usize = config::UNDERLAY_MTU as usize - 50 + 14;
+/// Frames buffered each way between the datapath and the pod.
+const CHANNEL_FRAMES: usize = 4;
 /// Concurrent TCP echo sessions.
 pub const TCP_SESSIONS: usize = 2;
 /// Bytes of each TCP socket's receive and send buffer.
 const TCP_BUFFER: usize = 2048;
-/// Bytes of the UDP socket's receive and send buffers, and of the largest datagram.
+/// Bytes of the UDP socket's buffers, and of the largest datagram echoed.
 const UDP_BUFFER: usize = 1536;
-/// Sockets the services use: the TCP sessions and the UDP socket (for `StackResources`).
-pub const SOCKETS: usize = TCP_SESSIONS + 1;
+/// Sockets the services use: the TCP sessions and the UDP socket.
+const SOCKETS: usize = TCP_SESSIONS + 1;
+/// The pod stack's random seed (TCP initial sequence numbers, ephemeral ports).
+const SEED: u64 = 0x706f_6477_6972_6502;
 
-/// Starts the services on `stack`.
-pub fn spawn_services(spawner: &Spawner, stack: Stack<'static>) {
+/// The datapath's end of the pod's virtual Ethernet.
+pub type PodLink = ch::Runner<'static, FRAME>;
+
+/// Starts the pod — its stack and its services — and returns the datapath's end of its
+/// virtual Ethernet.
+pub fn start(spawner: &Spawner) -> PodLink {
+    static CHANNEL: StaticCell<ch::State<FRAME, CHANNEL_FRAMES, CHANNEL_FRAMES>> =
+        StaticCell::new();
+    let (link, device) = ch::new(
+        CHANNEL.init(ch::State::new()),
+        ch::driver::HardwareAddress::Ethernet(config::POD_MAC),
+    );
+    let block = config::POD_BLOCK.octets();
+    let net = embassy_net::Config::ipv4_static(StaticConfigV4 {
+        address: Ipv4Cidr::new(config::POD_IP, config::POD_PREFIX_LEN),
+        gateway: Some(Ipv4Address::new(block[0], block[1], block[2], block[3] | 1)),
+        dns_servers: heapless::Vec::new(),
+    });
+    static RESOURCES: StaticCell<StackResources<SOCKETS>> = StaticCell::new();
+    let (stack, runner) =
+        embassy_net::new(device, net, RESOURCES.init(StackResources::new()), SEED);
+    match stack_runner(runner) {
+        Ok(token) => spawner.spawn(token),
+        Err(_) => log::warn!("pod stack not started: task pool full"),
+    }
     for session in 0..TCP_SESSIONS {
         match tcp_echo(stack, session) {
             Ok(token) => spawner.spawn(token),
@@ -37,6 +70,13 @@ pub fn spawn_services(spawner: &Spawner, stack: Stack<'static>) {
         Ok(token) => spawner.spawn(token),
         Err(_) => log::warn!("udp echo not started: task pool full"),
     }
+    link
+}
+
+/// The pod stack's runner.
+#[embassy_executor::task]
+async fn stack_runner(mut runner: Runner<'static, ch::Device<'static, FRAME>>) -> ! {
+    runner.run().await
 }
 
 /// One TCP echo session: accepts a connection, echoes it until the peer closes, repeats.

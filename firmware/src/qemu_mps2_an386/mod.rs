@@ -3,8 +3,8 @@
 //!
 //! Design note: everything the board needs that QEMU models is driven here by our own
 //! small drivers — the clock ([`systick`], the embassy-time driver) and the Ethernet
-//! ([`lan9118`], bridged to embassy-net by embassy-net-driver-channel in the
-//! [`ethernet`] task). Logs are defmt frames over semihosting (decoded by `qemu-run`);
+//! ([`lan9118`], bridged to an embassy-net driver channel in the [`ethernet`] task, the
+//! node's underlay). Logs are defmt frames over semihosting (decoded by `qemu-run`);
 //! a panic logs and ends QEMU with a failure exit status, so a test sees it.
 
 mod lan9118;
@@ -15,21 +15,18 @@ use cortex_m_rt::exception;
 use defmt_semihosting as _;
 use embassy_executor::Spawner;
 use embassy_futures::select::{select3, Either3};
-use embassy_net::{Runner, StackResources};
 use embassy_net_driver_channel as ch;
 use embassy_time::{Duration, Ticker};
 use static_cell::StaticCell;
 
-use crate::{config, log, pod};
+use crate::pod::{self, PodLink};
+use crate::{config, log, node};
 use lan9118::{Lan9118, MTU};
 
 /// Frames buffered between the driver and the stack, each way.
 const CHANNEL_FRAMES: usize = 4;
 /// How often the PHY's link state and the driver's counters are looked at.
 const LINK_POLL: Duration = Duration::from_secs(1);
-/// The stack's random seed. The board has no entropy source QEMU models, so TCP initial
-/// sequence numbers and ephemeral ports repeat from boot to boot.
-const SEED: u64 = 0x706f_6477_6972_6501;
 
 /// Runs the board: clock, Ethernet, stack, services.
 pub async fn run(spawner: Spawner) {
@@ -38,7 +35,7 @@ pub async fn run(spawner: Spawner) {
     };
     systick::start(core.SYST);
 
-    let chip = match Lan9118::new(config::MAC) {
+    let chip = match Lan9118::new(config::UNDERLAY_MAC) {
         Ok(chip) => chip,
         Err(e) => defmt::panic!("LAN9118: {}", e),
     };
@@ -47,27 +44,15 @@ pub async fn run(spawner: Spawner) {
     static CHANNEL: StaticCell<ch::State<MTU, CHANNEL_FRAMES, CHANNEL_FRAMES>> = StaticCell::new();
     let (channel, device) = ch::new(
         CHANNEL.init(ch::State::new()),
-        ch::driver::HardwareAddress::Ethernet(config::MAC),
+        ch::driver::HardwareAddress::Ethernet(config::UNDERLAY_MAC),
     );
-    static RESOURCES: StaticCell<StackResources<{ pod::SOCKETS }>> = StaticCell::new();
-    let (stack, runner) = embassy_net::new(
-        device,
-        config::ipv4(),
-        RESOURCES.init(StackResources::new()),
-        SEED,
-    );
-
     spawner.spawn(ethernet(chip, channel).expect("the Ethernet task is spawned once"));
-    spawner.spawn(net(runner).expect("the network task is spawned once"));
     // SAFETY: unmasking the LAN9118's interrupt, whose handler only masks the chip's
     // interrupt enable and wakes a waker (no critical section relies on it being masked).
     unsafe { NVIC::unmask(lan9118::Irq) };
-    pod::spawn_services(&spawner, stack);
-    log::info!(
-        "qemu-mps2-an386 board up: {}/{}",
-        config::ADDRESS,
-        config::PREFIX_LEN
-    );
+    let pod = pod::start(&spawner);
+    spawner.spawn(node_task(device, pod).expect("the node task is spawned once"));
+    log::info!("qemu-mps2-an386 board up");
 }
 
 /// Moves frames between the LAN9118 and the stack's channel, and follows the link.
@@ -121,10 +106,10 @@ fn link_state(up: bool) -> ch::driver::LinkState {
     }
 }
 
-/// The embassy-net stack's runner.
+/// The node's datapath between the LAN9118 and the pod.
 #[embassy_executor::task]
-async fn net(mut runner: Runner<'static, ch::Device<'static, MTU>>) -> ! {
-    runner.run().await
+async fn node_task(underlay: ch::Device<'static, MTU>, pod: PodLink) -> ! {
+    node::run(underlay, pod).await
 }
 
 /// Every device interrupt lands here (the board has no PAC); the LAN9118's is the one
