@@ -1,7 +1,8 @@
 //! podwire-firmware: the embassy shell of podwire. A board joins the cluster as a node;
 //! its "pods" are services running on the board.
 //!
-//! Design note: one module per board behind a feature (`qemu-mps2-an386`, `host`), each
+//! Design note: one module per board behind a feature (`qemu-mps2-an386`,
+//! `nucleo-h743zi`, `host`), each
 //! exposing the same `run(spawner)`: bring up the clock and the Ethernet, start the
 //! board-independent pod ([`pod`]: an embassy-net stack behind a virtual Ethernet) and
 //! the node ([`node`]: the core datapath between the Ethernet, a raw VXLAN underlay,
@@ -12,9 +13,17 @@
 #![cfg_attr(not(feature = "host"), no_std)]
 #![cfg_attr(not(feature = "host"), no_main)]
 
-#[cfg(not(any(feature = "qemu-mps2-an386", feature = "host")))]
-compile_error!("select one board: --features qemu-mps2-an386 or --features host");
-#[cfg(all(feature = "qemu-mps2-an386", feature = "host"))]
+#[cfg(not(any(
+    feature = "qemu-mps2-an386",
+    feature = "nucleo-h743zi",
+    feature = "host"
+)))]
+compile_error!("select a board: --features qemu-mps2-an386, nucleo-h743zi or host");
+#[cfg(any(
+    all(feature = "qemu-mps2-an386", feature = "nucleo-h743zi"),
+    all(feature = "qemu-mps2-an386", feature = "host"),
+    all(feature = "nucleo-h743zi", feature = "host"),
+))]
 compile_error!("select only one board feature");
 
 mod config;
@@ -31,6 +40,11 @@ use host as board;
 mod qemu_mps2_an386;
 #[cfg(feature = "qemu-mps2-an386")]
 use qemu_mps2_an386 as board;
+
+#[cfg(feature = "nucleo-h743zi")]
+mod nucleo_h743zi;
+#[cfg(feature = "nucleo-h743zi")]
+use nucleo_h743zi as board;
 
 #[embassy_executor::main]
 async fn main(spawner: embassy_executor::Spawner) {

@@ -6,7 +6,11 @@
 //! datapath's headroom, lets the datapath decide ([`Datapath::process`]) and carries
 //! the action out: `Deliver` to the pod (or out of the underlay), `Encap` as the whole
 //! outer frame on the Ethernet, `Reply` back where the frame came from, `Drop` counted
-//! by the datapath. ARP requests for the node's own underlay address are answered
+//! by the datapath. The task never waits for room on an output: a frame for a link
+//! whose queue is full is dropped and counted, as a NIC drops on a full ring. (Waiting
+//! would deadlock: the pod's stack only takes a frame when it can also queue one, and
+//! the task that would make it room is this one.) Drops are logged when their count
+//! reaches a power of two, so a flood does not become a flood of logs. ARP requests for the node's own underlay address are answered
 //! before the datapath sees them ([`arp`]). The underlay is any embassy-net driver (the
 //! LAN9118's channel, a TAP on the `host` board), so this module is board-independent;
 //! the board spawns a task that calls [`run`].
@@ -15,17 +19,18 @@ mod arp;
 mod tables;
 
 use core::future::poll_fn;
-use core::task::Poll;
+use core::task::{Context, Poll};
 
 use embassy_futures::select::{select, Either};
 use embassy_net_driver::{Driver, RxToken, TxToken};
+use embassy_net_driver_channel::RxRunner;
 use podwire_core::datapath::{Action, Datapath, Ingress, Span, HEADROOM};
 use podwire_core::ids::PortId;
 use podwire_core::wire::EthernetAddress;
 use podwire_core::Instant;
 use static_cell::ConstStaticCell;
 
-use crate::pod::PodLink;
+use crate::pod::{PodLink, FRAME as POD_FRAME};
 use crate::{config, log};
 use tables::{POD_PORT, UNDERLAY_PORT};
 
@@ -35,6 +40,34 @@ const UNDERLAY_FRAME: usize = config::UNDERLAY_MTU as usize + 14;
 static BUFFER: ConstStaticCell<[u8; HEADROOM + UNDERLAY_FRAME]> =
     ConstStaticCell::new([0; HEADROOM + UNDERLAY_FRAME]);
 
+/// Frames the node dropped itself (the datapath counts its own drops).
+#[derive(Debug, Default)]
+#[cfg_attr(not(feature = "host"), derive(defmt::Format))]
+struct Dropped {
+    /// Longer than the frame buffer.
+    too_long: u32,
+    /// The pod's receive queue was full.
+    pod_full: u32,
+    /// The Ethernet's transmit queue was full.
+    underlay_full: u32,
+}
+
+/// An output link had no room for a frame.
+#[derive(Debug, Clone, Copy)]
+enum Full {
+    Pod,
+    Underlay,
+}
+
+impl Dropped {
+    /// Counts one drop; true when the count reaches a power of two (time to log).
+    fn count(&mut self, counter: fn(&mut Dropped) -> &mut u32) -> bool {
+        let n = counter(self);
+        *n = n.wrapping_add(1);
+        n.is_power_of_two()
+    }
+}
+
 /// Runs the node: forwards between `underlay` and the pod for ever.
 pub async fn run<D: Driver>(mut underlay: D, pod: PodLink) -> ! {
     let dp = tables::datapath();
@@ -42,6 +75,7 @@ pub async fn run<D: Driver>(mut underlay: D, pod: PodLink) -> ! {
     let (pod_state, mut pod_rx, mut pod_tx) = pod.split();
     pod_state.set_link_state(embassy_net_driver::LinkState::Up);
     let underlay_mac = EthernetAddress(config::UNDERLAY_MAC);
+    let mut dropped = Dropped::default();
     log::info!(
         "node {}: underlay {}, pod {}",
         config::NODE,
@@ -66,37 +100,69 @@ pub async fn run<D: Driver>(mut underlay: D, pod: PodLink) -> ! {
             }
         };
         let Some(len) = len else {
-            log::warn!(
-                "frame longer than {} bytes from port {} dropped",
-                UNDERLAY_FRAME,
-                port.0
-            );
+            if dropped.count(|d| &mut d.too_long) {
+                log::warn!(
+                    "frames longer than {} bytes dropped: {:?}",
+                    UNDERLAY_FRAME,
+                    dropped
+                );
+            }
             continue;
         };
         let frame = Span {
             start: HEADROOM,
             len,
         };
-        if port == UNDERLAY_PORT {
-            if let Some(reply) =
-                arp::answer(&mut buf[frame.range()], config::UNDERLAY_IP, underlay_mac)
-            {
-                send_underlay(&mut underlay, &buf[HEADROOM..HEADROOM + reply]).await;
-                continue;
-            }
-        }
         let now = Instant::from_micros(embassy_time::Instant::now().as_micros() as i64);
-        match dp.process(now, Ingress::Port(port), buf, frame) {
-            Action::Deliver { port: out, frame } => {
-                send(&mut underlay, &mut pod_rx, out, &buf[frame.range()]).await
-            }
-            Action::Reply { frame } => {
-                send(&mut underlay, &mut pod_rx, port, &buf[frame.range()]).await
-            }
-            Action::Encap(encapsulated) => {
-                send_underlay(&mut underlay, &buf[encapsulated.outer_frame.range()]).await
-            }
-            Action::Drop(reason) => log::info!("dropped from port {}: {:?}", port.0, reason),
+        let arp_reply = if port == UNDERLAY_PORT {
+            arp::answer(&mut buf[frame.range()], config::UNDERLAY_IP, underlay_mac)
+        } else {
+            None
+        };
+        let (out, frame) = match arp_reply {
+            Some(len) => (
+                UNDERLAY_PORT,
+                Span {
+                    start: HEADROOM,
+                    len,
+                },
+            ),
+            None => match dp.process(now, Ingress::Port(port), buf, frame) {
+                Action::Deliver { port, frame } => (port, frame),
+                Action::Reply { frame } => (port, frame),
+                Action::Encap(encapsulated) => (UNDERLAY_PORT, encapsulated.outer_frame),
+                Action::Drop(reason) => {
+                    let count = dp.drops().get(reason);
+                    if count.is_power_of_two() {
+                        log::info!(
+                            "dropped from port {}: {:?} ({} so far)",
+                            port.0,
+                            reason,
+                            count
+                        );
+                    }
+                    expire(dp, now);
+                    continue;
+                }
+            },
+        };
+        let sent = poll_fn(|cx| {
+            Poll::Ready(send(
+                cx,
+                &mut underlay,
+                &mut pod_rx,
+                out,
+                &buf[frame.range()],
+            ))
+        })
+        .await;
+        let logged = match sent {
+            Ok(()) => false,
+            Err(Full::Pod) => dropped.count(|d| &mut d.pod_full),
+            Err(Full::Underlay) => dropped.count(|d| &mut d.underlay_full),
+        };
+        if logged {
+            log::warn!("output queue full, frames dropped: {:?}", dropped);
         }
         expire(dp, now);
     }
@@ -109,40 +175,28 @@ fn copy_in(buf: &mut [u8], frame: &[u8]) -> Option<usize> {
     Some(frame.len())
 }
 
-/// Sends `frame` out of local port `out`.
-async fn send<D: Driver>(
+/// Sends `frame` out of local port `out` if its queue has room, without waiting.
+fn send<D: Driver>(
+    cx: &mut Context<'_>,
     underlay: &mut D,
-    pod: &mut embassy_net_driver_channel::RxRunner<'static, { crate::pod::FRAME }>,
+    pod: &mut RxRunner<'static, POD_FRAME>,
     out: PortId,
     frame: &[u8],
-) {
-    if out == UNDERLAY_PORT {
-        send_underlay(underlay, frame).await;
-    } else if out == POD_PORT {
-        let room = pod.rx_buf().await;
-        match room.get_mut(..frame.len()) {
-            Some(room) => {
-                room.copy_from_slice(frame);
-                pod.rx_done(frame.len());
-            }
-            None => log::warn!(
-                "frame of {} bytes longer than the pod's MTU dropped",
-                frame.len()
-            ),
-        }
+) -> Result<(), Full> {
+    if out == POD_PORT {
+        let room = pod.try_rx_buf().ok_or(Full::Pod)?;
+        // The datapath keeps frames to the pod within its MTU.
+        let Some(room) = room.get_mut(..frame.len()) else {
+            return Err(Full::Pod);
+        };
+        room.copy_from_slice(frame);
+        pod.rx_done(frame.len());
+        Ok(())
+    } else {
+        let token = underlay.transmit(cx).ok_or(Full::Underlay)?;
+        token.consume(frame.len(), |room| room.copy_from_slice(frame));
+        Ok(())
     }
-}
-
-/// Sends `frame` out of the board's Ethernet.
-async fn send_underlay<D: Driver>(underlay: &mut D, frame: &[u8]) {
-    poll_fn(|cx| match underlay.transmit(cx) {
-        Some(token) => {
-            token.consume(frame.len(), |room| room.copy_from_slice(frame));
-            Poll::Ready(())
-        }
-        None => Poll::Pending,
-    })
-    .await
 }
 
 /// Expires a few idle connections per frame, so that conntrack never fills with dead

@@ -65,16 +65,18 @@ async fn ethernet(mut chip: Lan9118, channel: ch::Runner<'static, MTU>) -> ! {
     let mut ticker = Ticker::every(LINK_POLL);
     let mut reported = chip.stats();
     loop {
-        match select3(chip.wait_rx(), tx.tx_buf(), ticker.next()).await {
-            Either3::First(()) => {
-                while chip.rx_pending() {
-                    let buf = rx.rx_buf().await;
-                    match chip.receive(buf) {
-                        Ok(len) => rx.rx_done(len),
-                        Err(reason) => log::warn!("LAN9118: frame dropped: {}", reason),
-                    }
-                }
-            }
+        // A frame is taken from the chip only when the stack's channel has room for it;
+        // until then it waits in the chip's FIFO (which drops, and counts, when full),
+        // and transmission goes on meanwhile.
+        let frame_and_room = async {
+            chip.wait_rx().await;
+            rx.rx_buf().await
+        };
+        match select3(frame_and_room, tx.tx_buf(), ticker.next()).await {
+            Either3::First(buf) => match chip.receive(buf) {
+                Ok(len) => rx.rx_done(len),
+                Err(reason) => log::warn!("LAN9118: frame dropped: {}", reason),
+            },
             Either3::Second(frame) => {
                 chip.transmit(frame);
                 tx.tx_done();
