@@ -28,8 +28,11 @@ const CHANNEL_FRAMES: usize = 4;
 pub const TCP_SESSIONS: usize = 2;
 /// Bytes of each TCP socket's receive and send buffer.
 const TCP_BUFFER: usize = 2048;
-/// Bytes of the UDP socket's buffers, and of the largest datagram echoed.
-const UDP_BUFFER: usize = 1536;
+/// The largest datagram echoed.
+const UDP_DATAGRAM: usize = 1536;
+/// Datagrams the UDP socket queues each way (a burst beyond them is dropped by the
+/// socket, as a full socket buffer drops on Linux).
+const UDP_QUEUE: usize = 4;
 /// Sockets the services use: the TCP sessions and the UDP socket.
 const SOCKETS: usize = TCP_SESSIONS + 1;
 /// The pod stack's random seed (TCP initial sequence numbers, ephemeral ports).
@@ -118,11 +121,11 @@ async fn tcp_echo(stack: Stack<'static>, session: usize) -> ! {
 /// The UDP echo: every datagram goes back to its sender.
 #[embassy_executor::task]
 async fn udp_echo(stack: Stack<'static>) -> ! {
-    let mut rx_meta = [PacketMetadata::EMPTY; 4];
-    let mut tx_meta = [PacketMetadata::EMPTY; 4];
-    let mut rx = [0u8; UDP_BUFFER];
-    let mut tx = [0u8; UDP_BUFFER];
-    let mut buf = [0u8; UDP_BUFFER];
+    let mut rx_meta = [PacketMetadata::EMPTY; UDP_QUEUE];
+    let mut tx_meta = [PacketMetadata::EMPTY; UDP_QUEUE];
+    let mut rx = [0u8; UDP_QUEUE * UDP_DATAGRAM];
+    let mut tx = [0u8; UDP_QUEUE * UDP_DATAGRAM];
+    let mut buf = [0u8; UDP_DATAGRAM];
     let mut socket = UdpSocket::new(stack, &mut rx_meta, &mut rx, &mut tx_meta, &mut tx);
     if socket.bind(config::ECHO_PORT).is_err() {
         log::warn!("udp echo: port {} in use", config::ECHO_PORT);
@@ -134,7 +137,7 @@ async fn udp_echo(stack: Stack<'static>) -> ! {
         let Ok((n, meta)) = socket.recv_from(&mut buf).await else {
             log::warn!(
                 "udp echo: datagram larger than {} bytes dropped",
-                UDP_BUFFER
+                UDP_DATAGRAM
             );
             continue;
         };

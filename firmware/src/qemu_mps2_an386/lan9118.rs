@@ -307,19 +307,20 @@ impl Lan9118 {
         result
     }
 
-    /// Writes `frame` (without FCS, at most [`MTU`] bytes) into the TX FIFO; the chip
-    /// sends it and appends the FCS. Waits for FIFO room first (bounded).
+    /// Writes `frame` (without FCS) into the TX FIFO; the chip sends it and appends the
+    /// FCS. Waits for FIFO room first (bounded). A frame longer than [`MTU`], or one the
+    /// FIFO has no room for, is dropped and counted as a transmit error.
     pub fn transmit(&mut self, frame: &[u8]) {
-        let len = frame.len().min(MTU);
-        let needed = len.div_ceil(4) * 4 + 8;
-        if !spin_until(|| (read(reg::TX_FIFO_INF) & 0xffff) as usize >= needed) {
+        let needed = frame.len().div_ceil(4) * 4 + 8;
+        if frame.len() > MTU || !spin_until(|| (read(reg::TX_FIFO_INF) & 0xffff) as usize >= needed)
+        {
             self.stats.tx_errored = self.stats.tx_errored.wrapping_add(1);
             return;
         }
-        let len32 = len as u32;
+        let len32 = frame.len() as u32;
         write(reg::TX_DATA_FIFO, TX_CMD_A_FIRST | TX_CMD_A_LAST | len32);
         write(reg::TX_DATA_FIFO, (len32 << 16) | len32);
-        for chunk in frame[..len].chunks(4) {
+        for chunk in frame.chunks(4) {
             let mut word = [0u8; 4];
             word[..chunk.len()].copy_from_slice(chunk);
             write(reg::TX_DATA_FIFO, u32::from_le_bytes(word));
