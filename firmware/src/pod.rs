@@ -94,6 +94,8 @@ async fn tcp_echo(stack: Stack<'static>, session: usize) -> ! {
             log::warn!("tcp echo {}: accept failed", session);
             continue;
         }
+        // The peer as the pod sees it: with no NAT on the path, the client's own address.
+        let peer = socket.remote_endpoint();
         let mut echoed = 0usize;
         loop {
             let n = match socket.read(&mut buf).await {
@@ -111,9 +113,10 @@ async fn tcp_echo(stack: Stack<'static>, session: usize) -> ! {
             socket.abort();
         }
         log::info!(
-            "tcp echo {}: connection closed after {} bytes",
+            "tcp echo {}: {} bytes echoed to {:?}",
             session,
-            echoed
+            echoed,
+            peer
         );
     }
 }
