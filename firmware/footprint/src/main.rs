@@ -13,12 +13,16 @@
 //! images: `process-only` (no control-plane update code) and `baseline` (the runtime
 //! alone, to subtract).
 //!
-//! The storage is one `static_cell::ConstStaticCell` per table, initialised at compile
-//! time from the slot type's `EMPTY` constant: no unsafe code, and nothing built on the
-//! stack at start-up (initialising a 40 KiB table at run time with
-//! `StaticCell::init_with` was measured to put a 41 KiB temporary on the stack). A table
-//! whose empty slot is all zero bytes lands in `.bss`; one whose empty slot is not lands
-//! in `.data` and costs its size twice, in RAM and in flash (the image copied at reset).
+//! The storage is one `static_cell::ConstStaticCell` per table holding an empty
+//! `heapless::Vec` of the table's capacity: its elements are uninitialised memory, so
+//! every table lands in `.bss` (zeroed RAM, no flash) whatever its slot type's `EMPTY`
+//! value is. At start-up [`StaticTable::take`] fills the vector in place with `EMPTY`,
+//! one element at a time, and hands out the slice — no unsafe code and no table-sized
+//! temporary on the stack. (Initialising each cell at compile time from `EMPTY` instead
+//! put every table whose empty slot is not all zero bytes — `u32::MAX` links, `None`
+//! niches, `u16::MAX` Maglev entries — into `.data`, where it cost its size twice: in
+//! RAM and in flash, the image copied at reset. `StaticCell::init_with` builds the whole
+//! array on the stack first: a 41 KiB temporary for the conntrack entries.)
 #![no_std]
 #![no_main]
 
@@ -122,69 +126,92 @@ mod node {
     /// One receive buffer: headroom plus a full Ethernet frame.
     pub const FRAME_BUFFER: usize = HEADROOM + 1536;
 
-    /// Declares `$NAME`, the static storage of one table, filled with `$empty` at
-    /// compile time; `$NAME.take()` hands it out once as `&'static mut`.
+    /// The static storage of one table: an empty vector of the table's capacity (its
+    /// own symbol, all of it uninitialised or zero, so in `.bss`).
+    struct StaticTable<T: 'static, const N: usize>(ConstStaticCell<heapless::Vec<T, N>>);
+
+    impl<T: Clone, const N: usize> StaticTable<T, N> {
+        const fn new() -> Self {
+            StaticTable(ConstStaticCell::new(heapless::Vec::new()))
+        }
+
+        /// The table's `N` slots, each set to `empty`; once (panics after). The empty
+        /// value is passed here, not stored in the static: a single non-zero byte would
+        /// move the whole symbol into `.data`.
+        fn take(&'static self, empty: T) -> &'static mut [T] {
+            let slots = self.0.take();
+            if slots.resize(N, empty).is_err() {
+                panic!("a vector of capacity N holds N slots");
+            }
+            slots.as_mut_slice()
+        }
+    }
+
+    /// Declares `$NAME`, the static storage of one table of `$n` slots of type `$t`.
     macro_rules! table {
-        ($NAME:ident: [$t:ty; $n:expr] = $empty:expr) => {
-            static $NAME: ConstStaticCell<[$t; $n]> = ConstStaticCell::new([$empty; $n]);
+        ($NAME:ident: [$t:ty; $n:expr]) => {
+            static $NAME: StaticTable<$t, { $n }> = StaticTable::new();
         };
     }
 
     // ---- Static storage, one symbol per table ---------------------------------------
 
-    table!(PORT_SLOTS: [Option<PortKind>; PORTS] = None);
-    table!(ROUTE_DIRECT: [u32; 1 << ROUTE_DIRECT_BITS] = 0);
-    table!(ROUTE_TRIE_NODES: [TrieNode; ROUTE_NODES] = TrieNode::EMPTY);
-    table!(ROUTE_TRIE_LEAVES: [u32; ROUTE_LEAVES] = 0);
-    table!(ROUTE_ENTRIES: [RouteEntry<Ipv4Addr>; ROUTES] = RouteEntry::EMPTY);
-    table!(ROUTE_GATEWAY_SLOTS: [GatewaySlot; ROUTE_GATEWAYS] = GatewaySlot::EMPTY);
-    table!(VTEP_SLOTS: [VtepSlot; VTEPS] = VtepSlot::EMPTY);
-    table!(SERVICE_SLOTS: [ServiceSlot; SERVICES] = ServiceSlot::EMPTY);
-    table!(FRONTEND_SLOTS: [FrontendSlot; FRONTENDS] = FrontendSlot::EMPTY);
-    table!(BACKEND_SLOTS: [BackendSlot; SERVICES * BACKENDS_PER_SERVICE] = BackendSlot::EMPTY);
-    table!(MAGLEV_TABLES: [u16; SERVICES * MAGLEV_M] = maglev::EMPTY);
-    table!(MAGLEV_BUILD_SCRATCH: [MaglevScratch; maglev::scratch_len(BACKENDS_PER_SERVICE)] = MaglevScratch::ZERO);
-    table!(AFFINITY_SLOTS: [AffinitySlot; AFFINITY] = AffinitySlot::EMPTY);
-    table!(CONNTRACK_INDEX: [Bucket; CONNTRACK_BUCKETS] = Bucket::EMPTY);
-    table!(CONNTRACK_ENTRIES: [Entry; CONNECTIONS] = Entry::EMPTY);
-    table!(POLICY_ADDRESSES: [IpSlot<AddrInfo>; ADDRESSES] = IpSlot::EMPTY);
-    table!(POLICY_ENDPOINTS: [EndpointPolicy; ENDPOINT_POLICIES] = EndpointPolicy { ingress: DirPolicy::OPEN, egress: DirPolicy::OPEN, });
-    table!(POLICY_RULES: [Rule; RULES] = Rule::EMPTY);
-    table!(POLICY_PORT_RANGES: [PortRange; POLICY_PORTS] = PortRange::ANY);
-    table!(POLICY_PEER_IDS: [Identity; POLICY_PEERS] = Identity(0));
-    table!(POLICY_CIDRS: [Prefix; POLICY_PREFIXES] = Prefix::EMPTY);
-    table!(RX_FRAME_BUFFER: [u8; FRAME_BUFFER] = 0);
+    table!(PORT_SLOTS: [Option<PortKind>; PORTS]);
+    table!(ROUTE_DIRECT: [u32; 1 << ROUTE_DIRECT_BITS]);
+    table!(ROUTE_TRIE_NODES: [TrieNode; ROUTE_NODES]);
+    table!(ROUTE_TRIE_LEAVES: [u32; ROUTE_LEAVES]);
+    table!(ROUTE_ENTRIES: [RouteEntry<Ipv4Addr>; ROUTES]);
+    table!(ROUTE_GATEWAY_SLOTS: [GatewaySlot; ROUTE_GATEWAYS]);
+    table!(VTEP_SLOTS: [VtepSlot; VTEPS]);
+    table!(SERVICE_SLOTS: [ServiceSlot; SERVICES]);
+    table!(FRONTEND_SLOTS: [FrontendSlot; FRONTENDS]);
+    table!(BACKEND_SLOTS: [BackendSlot; SERVICES * BACKENDS_PER_SERVICE]);
+    table!(MAGLEV_TABLES: [u16; SERVICES * MAGLEV_M]);
+    table!(MAGLEV_BUILD_SCRATCH: [MaglevScratch; maglev::scratch_len(BACKENDS_PER_SERVICE)]);
+    table!(AFFINITY_SLOTS: [AffinitySlot; AFFINITY]);
+    table!(CONNTRACK_INDEX: [Bucket; CONNTRACK_BUCKETS]);
+    table!(CONNTRACK_ENTRIES: [Entry; CONNECTIONS]);
+    table!(POLICY_ADDRESSES: [IpSlot<AddrInfo>; ADDRESSES]);
+    table!(POLICY_ENDPOINTS: [EndpointPolicy; ENDPOINT_POLICIES]);
+    table!(POLICY_RULES: [Rule; RULES]);
+    table!(POLICY_PORT_RANGES: [PortRange; POLICY_PORTS]);
+    table!(POLICY_PEER_IDS: [Identity; POLICY_PEERS]);
+    table!(POLICY_CIDRS: [Prefix; POLICY_PREFIXES]);
+    table!(RX_FRAME_BUFFER: [u8; FRAME_BUFFER]);
     static DATAPATH_STATE: StaticCell<Datapath<'static>> = StaticCell::new();
 
     /// The node's datapath over the static tables.
     fn datapath() -> &'static mut Datapath<'static> {
         let storage = DatapathStorage {
-            ports: PORT_SLOTS.take(),
+            ports: PORT_SLOTS.take(None),
             routes: RouteStorage {
-                direct: ROUTE_DIRECT.take(),
-                nodes: ROUTE_TRIE_NODES.take(),
-                leaves: ROUTE_TRIE_LEAVES.take(),
-                routes: ROUTE_ENTRIES.take(),
-                gateways: ROUTE_GATEWAY_SLOTS.take(),
+                direct: ROUTE_DIRECT.take(0),
+                nodes: ROUTE_TRIE_NODES.take(TrieNode::EMPTY),
+                leaves: ROUTE_TRIE_LEAVES.take(0),
+                routes: ROUTE_ENTRIES.take(RouteEntry::EMPTY),
+                gateways: ROUTE_GATEWAY_SLOTS.take(GatewaySlot::EMPTY),
             },
-            vteps: VTEP_SLOTS.take(),
+            vteps: VTEP_SLOTS.take(VtepSlot::EMPTY),
             services: ServiceStorage {
-                services: SERVICE_SLOTS.take(),
-                frontends: FRONTEND_SLOTS.take(),
-                backends: BACKEND_SLOTS.take(),
-                maglev: MAGLEV_TABLES.take(),
-                scratch: MAGLEV_BUILD_SCRATCH.take(),
-                affinity: AFFINITY_SLOTS.take(),
+                services: SERVICE_SLOTS.take(ServiceSlot::EMPTY),
+                frontends: FRONTEND_SLOTS.take(FrontendSlot::EMPTY),
+                backends: BACKEND_SLOTS.take(BackendSlot::EMPTY),
+                maglev: MAGLEV_TABLES.take(maglev::EMPTY),
+                scratch: MAGLEV_BUILD_SCRATCH.take(MaglevScratch::ZERO),
+                affinity: AFFINITY_SLOTS.take(AffinitySlot::EMPTY),
             },
-            conntrack_buckets: CONNTRACK_INDEX.take(),
-            conntrack_entries: CONNTRACK_ENTRIES.take(),
+            conntrack_buckets: CONNTRACK_INDEX.take(Bucket::EMPTY),
+            conntrack_entries: CONNTRACK_ENTRIES.take(Entry::EMPTY),
             policy: PolicyStorage {
-                addresses: POLICY_ADDRESSES.take(),
-                endpoint_policies: POLICY_ENDPOINTS.take(),
-                rules: POLICY_RULES.take(),
-                ports: POLICY_PORT_RANGES.take(),
-                peers: POLICY_PEER_IDS.take(),
-                prefixes: POLICY_CIDRS.take(),
+                addresses: POLICY_ADDRESSES.take(IpSlot::EMPTY),
+                endpoint_policies: POLICY_ENDPOINTS.take(EndpointPolicy {
+                    ingress: DirPolicy::OPEN,
+                    egress: DirPolicy::OPEN,
+                }),
+                rules: POLICY_RULES.take(Rule::EMPTY),
+                ports: POLICY_PORT_RANGES.take(PortRange::ANY),
+                peers: POLICY_PEER_IDS.take(Identity(0)),
+                prefixes: POLICY_CIDRS.take(Prefix::EMPTY),
             },
         };
         let tables = DatapathTables::new(
@@ -218,7 +245,7 @@ mod node {
     /// updates, all on inputs the compiler cannot see.
     pub fn run() -> ! {
         let dp = datapath();
-        let buf: &mut [u8] = RX_FRAME_BUFFER.take();
+        let buf: &mut [u8] = RX_FRAME_BUFFER.take(0);
         loop {
             let now = Instant::from_micros(black_box(0i64));
             match black_box(0u8) {
