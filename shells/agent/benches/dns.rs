@@ -13,7 +13,6 @@
 //! with per-query output; RSS from /proc/<pid>/status.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::fmt::Write as _;

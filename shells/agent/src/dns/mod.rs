@@ -145,24 +145,10 @@ impl DnsServer {
         self.context.responder.publish(zone);
     }
 
-    /// `plan` without the service ports whose ClusterIP is the cluster DNS address:
-    /// that address is answered by this server, never DNAT'ed.
+    /// `plan` without the cluster DNS ClusterIP's service ports (see
+    /// [`exclude_cluster_dns`]).
     pub fn exclude_from_services(&self, plan: &ServicePlan) -> ServicePlan {
-        let dns = IpAddr::V4(self.config.cluster_ip);
-        let mut out = ServicePlan::default();
-        for e in &plan.entries {
-            if e.frontends.iter().any(|f| f.addr == dns) {
-                continue;
-            }
-            let mut e = e.clone();
-            let id = podwire_core::service::ServiceId(out.entries.len() as u16);
-            e.id = id;
-            for f in &mut e.frontends {
-                f.service = id;
-            }
-            out.entries.push(e);
-        }
-        out
+        exclude_cluster_dns(plan, self.config.cluster_ip)
     }
 
     /// The `DNS` line of `podwire status`.
@@ -186,10 +172,70 @@ impl DnsServer {
     }
 }
 
+/// `plan` without the service ports that have `dns_ip` as a frontend, renumbered
+/// densely: that address is answered by the DNS server, never DNAT'ed.
+pub fn exclude_cluster_dns(plan: &ServicePlan, dns_ip: std::net::Ipv4Addr) -> ServicePlan {
+    let dns = IpAddr::V4(dns_ip);
+    let mut out = ServicePlan::default();
+    for e in &plan.entries {
+        if e.frontends.iter().any(|f| f.addr == dns) {
+            continue;
+        }
+        let mut e = e.clone();
+        let id = podwire_core::service::ServiceId(out.entries.len() as u16);
+        e.id = id;
+        for f in &mut e.frontends {
+            f.service = id;
+        }
+        out.entries.push(e);
+    }
+    out
+}
+
 impl Drop for DnsServer {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::zone::tests::view;
+
+    #[test]
+    fn the_cluster_dns_ip_leaves_the_service_table() {
+        let yaml = "
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+spec: {podCIDR: 10.244.1.0/24}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: default}
+spec: {clusterIP: 10.96.0.5, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system}
+spec: {clusterIP: 10.96.0.10, ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: z, namespace: zz}
+spec: {clusterIP: 10.96.0.7, ports: [{port: 80}]}
+";
+        let plan = view(yaml).services;
+        assert_eq!(plan.entries.len(), 4);
+        let out = exclude_cluster_dns(&plan, config::DEFAULT_CLUSTER_DNS_IP);
+        let names: Vec<&str> = out.entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["default/a:80", "zz/z:80"]);
+        for (i, e) in out.entries.iter().enumerate() {
+            assert_eq!(e.id.0 as usize, i);
+            assert!(e.frontends.iter().all(|f| f.service == e.id));
         }
     }
 }
