@@ -14,6 +14,7 @@
 //! uses the fixed ones ([`DEFAULT_PREFIX`], [`DEFAULT_RUN_DIR`]).
 
 pub mod demo;
+pub mod etcd;
 pub mod topology;
 pub mod traffic;
 
@@ -58,6 +59,8 @@ pub struct LabSpec {
     pub cluster_cidr: String,
     /// The agents' `--busy-poll-us` (0: off).
     pub busy_poll_us: u64,
+    /// Where the cluster state lives (`etcd`: a 3-member etcd in the lab).
+    pub datastore: crate::source::Datastore,
 }
 
 impl Default for LabSpec {
@@ -69,6 +72,7 @@ impl Default for LabSpec {
             underlay_cidr: "172.30.0.0/24".into(),
             cluster_cidr: "10.244.0.0/16".into(),
             busy_poll_us: 0,
+            datastore: crate::source::Datastore::File,
         }
     }
 }
@@ -214,6 +218,9 @@ pub struct Lab {
     /// Extra manifests appended to the cluster state (e.g. foreign nodes).
     #[serde(default)]
     pub extra_manifests: String,
+    /// The etcd cluster (`datastore: etcd`).
+    #[serde(default)]
+    pub etcd: Option<etcd::LabEtcd>,
 }
 
 fn progress(verbose: bool, msg: &str) {
@@ -251,6 +258,7 @@ impl Lab {
             nodes: Vec::new(),
             pods: Vec::new(),
             extra_manifests: String::new(),
+            etcd: None,
         };
         lab.save()?;
         let t0 = Instant::now();
@@ -259,6 +267,18 @@ impl Lab {
             &format!("underlay bridge in netns {}", lab.underlay),
         );
         add_underlay(&lab.underlay, lab.spec.underlay_mtu)?;
+        if lab.spec.datastore == crate::source::Datastore::Etcd {
+            progress(verbose, "etcd: 3 members on the underlay");
+            lab.etcd = Some(etcd::LabEtcd::up(
+                &lab.paths.prefix,
+                &lab.underlay,
+                lab.spec.underlay_net()?,
+                lab.spec.underlay_mtu,
+                &lab.paths.run_dir,
+                lab.spec.cluster_net()?,
+            )?);
+            lab.save()?;
+        }
         for i in 1..=lab.spec.nodes {
             let name = format!("node{i}");
             lab.nodes.push(LabNode {
@@ -297,6 +317,9 @@ impl Lab {
         }
         for n in lab.nodes.clone() {
             lab.wait_agent(&n.name)?;
+        }
+        if lab.etcd.is_some() {
+            lab.learn_pod_cidrs()?;
         }
         progress(verbose, &format!("{} agents running", lab.nodes.len()));
         for n in lab.nodes.clone() {
@@ -439,6 +462,9 @@ impl Lab {
             y.push_str("---\n");
             y.push_str(&self.extra_manifests);
         }
+        if let Some(etcd) = &self.etcd {
+            return etcd.write_state(&y);
+        }
         let p = self.manifests_file();
         let tmp = p.with_extension("yaml.tmp");
         std::fs::write(&tmp, y)?;
@@ -473,8 +499,6 @@ impl Lab {
             .args(["netns", "exec", &n.netns])
             .arg(&self.paths.podwire)
             .arg("agent")
-            .arg("--cluster")
-            .arg(self.manifests_file())
             .args(["--node", &n.name])
             .arg("--state-dir")
             .arg(dir.join("state"))
@@ -482,6 +506,7 @@ impl Lab {
             .arg(self.socket(node))
             .args(["--reload-interval-ms", "100"])
             .args(["--busy-poll-us", &self.spec.busy_poll_us.to_string()])
+            .args(self.datastore_args(&n))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -645,6 +670,9 @@ impl Lab {
 
     /// Lists or unlists a node in the cluster state (the agents apply it live).
     pub fn set_listed(&mut self, node: &str, listed: bool) -> Result<()> {
+        if self.etcd.is_some() {
+            bail!("on etcd each node lists itself: stop its agent to unlist {node}");
+        }
         match self.nodes.iter_mut().find(|x| x.name == node) {
             Some(n) => n.listed = listed,
             None => bail!("no node {node}"),
@@ -668,6 +696,38 @@ impl Lab {
             self.spec.underlay_mtu,
         )?;
         Ok((netns, addr))
+    }
+
+    /// The agent's datastore options for node `n`.
+    fn datastore_args(&self, n: &LabNode) -> Vec<String> {
+        match &self.etcd {
+            Some(etcd) => vec![
+                "--datastore".into(),
+                "etcd".into(),
+                "--etcd-endpoints".into(),
+                etcd.endpoints(),
+                "--node-ip".into(),
+                n.ip.to_string(),
+            ],
+            None => vec![
+                "--cluster".into(),
+                self.manifests_file().display().to_string(),
+            ],
+        }
+    }
+
+    /// Records the pod CIDR each agent took from its subnet lease (etcd).
+    fn learn_pod_cidrs(&mut self) -> Result<()> {
+        for i in 0..self.nodes.len() {
+            let name = self.nodes[i].name.clone();
+            let report: crate::api::IpamReport =
+                serde_json::from_str(&self.podwire(&name, &["ipam", "-o", "json"])?)?;
+            match report.cidr {
+                Some(ipnet::IpNet::V4(c)) => self.nodes[i].pod_cidr = c,
+                other => bail!("the agent of {name} reports pod CIDR {other:?}"),
+            }
+        }
+        self.save()
     }
 
     /// Tears the lab down (see [`down`]).
@@ -716,13 +776,20 @@ pub fn down(prefix: &str, run_dir: &Path) -> Vec<String> {
             let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            if pid != std::process::id() && is_lab_agent(pid, run_dir) {
+            let what = if is_lab_agent(pid, run_dir) {
+                "agent"
+            } else if etcd::is_lab_member(pid, run_dir) {
+                "etcd"
+            } else {
+                continue;
+            };
+            if pid != std::process::id() {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid as i32),
                     nix::sys::signal::Signal::SIGKILL,
                 );
                 wait_gone(pid);
-                removed.push(format!("agent pid {pid}"));
+                removed.push(format!("{what} pid {pid}"));
             }
         }
     }
@@ -907,6 +974,7 @@ mod tests {
                 pod("c", "team-a", "node2", [10, 244, 2, 2], &[("role", "a: b")]),
             ],
             extra_manifests: String::new(),
+            etcd: None,
         };
         lab.save().unwrap();
         lab.set_pod_labels(

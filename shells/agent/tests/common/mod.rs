@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod lab;
 
 use std::fs::File;

@@ -161,6 +161,7 @@ pub enum Backend {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkConfig {
     /// The cluster's pod network.
+    #[serde(rename = "clusterCIDR")]
     pub cluster_cidr: Ipv4Net,
     /// The prefix length of each node's block (`24`: a /24 per node).
     pub node_block_prefix: u8,

@@ -10,6 +10,7 @@
 //! whole or not at all and never on top of a state it was not checked against.
 //! `Node` objects are refused: in this datastore each agent writes its own.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -60,10 +61,9 @@ pub async fn init(config: &EtcdConfig, network: &NetworkConfig) -> Result<&'stat
     Ok("unchanged")
 }
 
-/// Loads a manifests file or folder, refusing `Node` objects and kinds podwire
-/// does not store.
-fn load(path: &Path) -> Result<Vec<(ObjectKey, Object)>> {
-    let objects = crate::source::file::load_objects(path).map_err(anyhow::Error::msg)?;
+/// Keys `objects`, refusing `Node` objects and kinds podwire does not store
+/// (`origin` names where they came from in errors).
+fn keyed(objects: Vec<Object>, origin: &str) -> Result<Vec<(ObjectKey, Object)>> {
     let mut out = Vec::new();
     for o in objects {
         let Some(key) = ObjectKey::of(&o) else {
@@ -72,26 +72,24 @@ fn load(path: &Path) -> Result<Vec<(ObjectKey, Object)>> {
                 _ => String::new(),
             };
             bail!(
-                "{}: kind {kind} is not stored by podwire (Namespace, Pod, Service, EndpointSlice, NetworkPolicy)",
-                path.display()
+                "{origin}: kind {kind} is not stored by podwire (Namespace, Pod, Service, EndpointSlice, NetworkPolicy)"
             );
         };
         if key.kind == Kind::Node {
-            bail!(
-                "{}: {key}: Node objects are written by each node's agent in the etcd datastore",
-                path.display()
-            );
+            bail!("{origin}: {key}: Node objects are written by each node's agent in the etcd datastore");
         }
         if key.name.is_empty() {
-            bail!(
-                "{}: a {}: metadata.name: Required value",
-                path.display(),
-                key.kind
-            );
+            bail!("{origin}: a {}: metadata.name: Required value", key.kind);
         }
         out.push((key, o));
     }
     Ok(out)
+}
+
+/// Loads a manifests file or folder for `apply` or `delete`.
+fn load(path: &Path) -> Result<Vec<(ObjectKey, Object)>> {
+    let objects = crate::source::file::load_objects(path).map_err(anyhow::Error::msg)?;
+    keyed(objects, &path.display().to_string())
 }
 
 /// Everything etcd holds under the prefix's resources, and the revision read.
@@ -161,16 +159,55 @@ pub struct Outcome {
     pub action: &'static str,
 }
 
-/// `podwire apply -f`: creates or replaces the file's objects.
-pub async fn apply(config: &EtcdConfig, path: &Path) -> Result<Vec<Outcome>> {
+/// The change a command makes.
+enum Change {
+    /// Create or replace these objects.
+    Apply(Vec<(ObjectKey, Object)>),
+    /// Delete these objects.
+    Delete(Vec<ObjectKey>),
+    /// Make these exactly the objects etcd holds (every `Node` stays).
+    Replace(Vec<(ObjectKey, Object)>),
+}
+
+/// Validates `change` against what etcd holds and commits it in one guarded write.
+async fn write(config: &EtcdConfig, origin: &str, change: Change) -> Result<Vec<Outcome>> {
     let schema = Schema::new(&config.prefix);
-    let new = load(path)?;
     let mut client = connect(config).await?;
     let (existing, revision) = current(&mut client, &schema).await?;
-    let mut merged: std::collections::BTreeMap<ObjectKey, Object> = existing.into_iter().collect();
+    let mut merged: BTreeMap<ObjectKey, Object> = existing.into_iter().collect();
     let mut ops = Vec::new();
     let mut out = Vec::new();
-    for (key, object) in new {
+    let mut delete = |merged: &mut BTreeMap<ObjectKey, Object>, key: ObjectKey| {
+        let action = if merged.remove(&key).is_some() {
+            ops.push(TxnOp::delete(schema.resource(&key), None));
+            "deleted"
+        } else {
+            "not found"
+        };
+        Outcome { key, action }
+    };
+    let puts = match change {
+        Change::Apply(objects) => objects,
+        Change::Delete(keys) => {
+            for key in keys {
+                out.push(delete(&mut merged, key));
+            }
+            vec![]
+        }
+        Change::Replace(objects) => {
+            let keep: BTreeSet<&ObjectKey> = objects.iter().map(|(k, _)| k).collect();
+            let gone: Vec<ObjectKey> = merged
+                .keys()
+                .filter(|k| k.kind != Kind::Node && !keep.contains(k))
+                .cloned()
+                .collect();
+            for key in gone {
+                out.push(delete(&mut merged, key));
+            }
+            objects
+        }
+    };
+    for (key, object) in puts {
         let bytes = schema::encode_object(&object).context("encoding an object")?;
         let action = match merged.get(&key) {
             None => "created",
@@ -183,30 +220,30 @@ pub async fn apply(config: &EtcdConfig, path: &Path) -> Result<Vec<Outcome>> {
         merged.insert(key.clone(), object);
         out.push(Outcome { key, action });
     }
-    validate(merged.into_values()).with_context(|| format!("{}: refused", path.display()))?;
+    validate(merged.into_values()).with_context(|| format!("{origin}: refused"))?;
     commit(&mut client, &schema, revision, ops).await?;
     Ok(out)
 }
 
+/// `podwire apply -f`: creates or replaces the file's objects.
+pub async fn apply(config: &EtcdConfig, path: &Path) -> Result<Vec<Outcome>> {
+    let objects = load(path)?;
+    write(config, &path.display().to_string(), Change::Apply(objects)).await
+}
+
 /// `podwire delete -f`: deletes the file's objects.
 pub async fn delete(config: &EtcdConfig, path: &Path) -> Result<Vec<Outcome>> {
-    let schema = Schema::new(&config.prefix);
-    let gone = load(path)?;
-    let mut client = connect(config).await?;
-    let (existing, revision) = current(&mut client, &schema).await?;
-    let mut merged: std::collections::BTreeMap<ObjectKey, Object> = existing.into_iter().collect();
-    let mut ops = Vec::new();
-    let mut out = Vec::new();
-    for (key, _) in gone {
-        let action = if merged.remove(&key).is_some() {
-            ops.push(TxnOp::delete(schema.resource(&key), None));
-            "deleted"
-        } else {
-            "not found"
-        };
-        out.push(Outcome { key, action });
-    }
-    validate(merged.into_values()).with_context(|| format!("{}: refused", path.display()))?;
-    commit(&mut client, &schema, revision, ops).await?;
-    Ok(out)
+    let keys = load(path)?.into_iter().map(|(k, _)| k).collect();
+    write(config, &path.display().to_string(), Change::Delete(keys)).await
+}
+
+/// Makes `objects` exactly the objects etcd holds, besides the nodes' own `Node`
+/// objects (the lab writes its whole cluster state this way).
+pub async fn replace(
+    config: &EtcdConfig,
+    origin: &str,
+    objects: Vec<Object>,
+) -> Result<Vec<Outcome>> {
+    let objects = keyed(objects, origin)?;
+    write(config, origin, Change::Replace(objects)).await
 }
