@@ -227,8 +227,13 @@ fn a_node_cut_off_etcd_keeps_forwarding_says_stale_and_relists_after_compaction(
         "forwarding stopped with etcd unreachable"
     );
     assert_eq!(remote_routes(&lab, "node1"), routes_before);
-    // A change node1 cannot see, then its history compacted away.
+    // Changes node1 cannot see, then the history past its last revision compacted
+    // away (two writes: etcd keeps the revision it compacts at).
     lab.set_extra_manifests(ISOLATE_NODE1).unwrap();
+    lab.set_extra_manifests(&format!(
+        "{ISOLATE_NODE1}---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: team-b}}\n"
+    ))
+    .unwrap();
     etcd(&lab).compact().unwrap();
     assert!(ping(&b.netns, a.ip), "node1 cannot know the policy yet");
 
