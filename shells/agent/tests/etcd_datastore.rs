@@ -292,3 +292,64 @@ fn a_dead_nodes_routes_go_with_its_lease_and_a_restarted_agent_reclaims_its_subn
     );
     assert_subnets_consistent(&lab);
 }
+
+#[test]
+fn tls_client_certificates_are_presented_and_required() {
+    if !can_run() {
+        return;
+    }
+    let ns = common::NetnsGuard::default();
+    let netns = ns.create("etcdtls");
+    podwire_agent::lab::topology::ip(&netns, &["link", "set", "lo", "up"]).unwrap();
+    let dir = TempDir::new();
+    common::etcd::make_certificates(&dir.0);
+    let f = |n: &str| dir.0.join(n).display().to_string();
+    let _etcd = common::etcd::EtcdProcess::start(
+        &netns,
+        &dir.0.join("data"),
+        &[
+            "--listen-client-urls",
+            "https://127.0.0.1:2379",
+            "--advertise-client-urls",
+            "https://127.0.0.1:2379",
+            "--cert-file",
+            &f("server.pem"),
+            "--key-file",
+            &f("server.key"),
+            "--client-cert-auth",
+            "--trusted-ca-file",
+            &f("ca.pem"),
+        ],
+    );
+    let init = |with_cert: bool| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &netns, PODWIRE, "etcd", "init"])
+            .args(["--etcd-endpoints", "https://127.0.0.1:2379"])
+            .args(["--etcd-cacert", &f("ca.pem")]);
+        if with_cert {
+            c.args([
+                "--etcd-cert",
+                &f("client.pem"),
+                "--etcd-key",
+                &f("client.key"),
+            ]);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let mut said = String::new();
+    wait_for_within("etcd to accept the client certificate", SETTLE, || {
+        let (ok, out) = init(true);
+        said = out;
+        ok
+    });
+    assert_eq!(said.trim(), "network config /podwire/v1 created");
+    let (ok, out) = init(false);
+    assert!(!ok, "etcd accepted a client without a certificate: {out}");
+    let (ok, out) = init(true);
+    assert!(ok && out.contains("unchanged"), "{out}");
+}

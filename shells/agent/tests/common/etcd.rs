@@ -71,3 +71,95 @@ pub fn partition(lab: &Lab, node: &str, cut: bool) {
         ip(netns, &["route", verb, "blackhole", &dest]).unwrap();
     }
 }
+
+/// A CA and a server and a client certificate signed by it, made with `openssl`
+/// in `dir`: `ca.pem`, `server.pem`/`server.key` (for 127.0.0.1),
+/// `client.pem`/`client.key`.
+pub fn make_certificates(dir: &std::path::Path) {
+    let p = |f: &str| dir.join(f).display().to_string();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "openssl",
+        "req",
+        "-x509",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=podwire test CA",
+    ];
+    ca.extend_from_slice(&ec);
+    let (ca_pem, ca_key) = (p("ca.pem"), p("ca.key"));
+    ca.extend_from_slice(&["-keyout", &ca_key, "-out", &ca_pem]);
+    super::sh(&ca);
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        let (key, csr, pem, extfile) = (
+            p(&format!("{name}.key")),
+            p(&format!("{name}.csr")),
+            p(&format!("{name}.pem")),
+            p(&format!("{name}.ext")),
+        );
+        std::fs::write(&extfile, ext).unwrap();
+        let subj = format!("/CN=podwire test {name}");
+        let mut req = vec!["openssl", "req", "-new", "-subj", &subj];
+        req.extend_from_slice(&ec);
+        req.extend_from_slice(&["-keyout", &key, "-out", &csr]);
+        super::sh(&req);
+        super::sh(&[
+            "openssl",
+            "x509",
+            "-req",
+            "-days",
+            "1",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-extfile",
+            &extfile,
+            "-out",
+            &pem,
+        ]);
+    }
+}
+
+/// One etcd member in `netns`, killed on drop.
+pub struct EtcdProcess(pub std::process::Child);
+
+impl EtcdProcess {
+    /// Starts etcd in `netns` on 127.0.0.1 with `args` (client URLs, TLS).
+    pub fn start(netns: &str, data_dir: &std::path::Path, args: &[&str]) -> EtcdProcess {
+        let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
+        EtcdProcess(
+            std::process::Command::new("ip")
+                .args(["netns", "exec", netns, "etcd", "--data-dir"])
+                .arg(data_dir)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
