@@ -353,3 +353,97 @@ fn tls_client_certificates_are_presented_and_required() {
     let (ok, out) = init(true);
     assert!(ok && out.contains("unchanged"), "{out}");
 }
+
+#[test]
+fn eight_nodes_racing_for_three_blocks_never_share_one() {
+    use podwire_agent::source::etcd::connection::Connector;
+    use podwire_agent::source::etcd::schema::{Backend, NetworkConfig, Schema, SubnetHolder};
+    use podwire_agent::source::etcd::{subnet, writer, EtcdConfig};
+    if !can_run() {
+        return;
+    }
+    let ns = common::NetnsGuard::default();
+    let netns = ns.create("etcdrace");
+    podwire_agent::lab::topology::ip(&netns, &["link", "set", "lo", "up"]).unwrap();
+    let dir = TempDir::new();
+    let url = "http://127.0.0.1:2379";
+    let _etcd = common::etcd::EtcdProcess::start(
+        &netns,
+        &dir.0.join("data"),
+        &["--listen-client-urls", url, "--advertise-client-urls", url],
+    );
+    let config = EtcdConfig {
+        endpoints: vec![url.into()],
+        prefix: "/race/v1".into(),
+        ..EtcdConfig::default()
+    };
+    // A /22 of /24 blocks: three blocks once the first is left out.
+    let network = NetworkConfig {
+        cluster_cidr: "10.244.0.0/22".parse().unwrap(),
+        node_block_prefix: 24,
+        backend: Backend::Vxlan,
+    };
+    let results = podwire_agent::lab::topology::in_netns(&netns, move || {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async move {
+                let deadline = std::time::Instant::now() + SETTLE;
+                while let Err(e) = writer::init(&config, &network).await {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "etcd did not start: {e:#}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let schema = Schema::new(&config.prefix);
+                let claim = |i: u8| {
+                    let (config, schema, network) =
+                        (config.clone(), schema.clone(), network.clone());
+                    async move {
+                        let (_, mut client) = Connector::new(config).try_next().await.unwrap();
+                        let me = SubnetHolder {
+                            node: format!("n{i}"),
+                            node_ip: std::net::Ipv4Addr::new(192, 0, 2, i),
+                        };
+                        subnet::claim(&mut client, &schema, &network, &me, None)
+                            .await
+                            .map_err(|e| format!("{e:#}"))
+                    }
+                };
+                let racers: Vec<_> = (1..=8).map(|i| tokio::spawn(claim(i))).collect();
+                let mut first = Vec::new();
+                for r in racers {
+                    first.push(r.await.unwrap());
+                }
+                // Each winner claiming again gets its own block and lease back.
+                let mut again = Vec::new();
+                for (i, r) in first.iter().enumerate() {
+                    if r.is_ok() {
+                        again.push((i, claim(i as u8 + 1).await));
+                    }
+                }
+                (first, again)
+            })
+    })
+    .unwrap();
+    let (first, again) = results;
+    let won: Vec<_> = first.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let mut subnets: Vec<String> = won.iter().map(|l| l.subnet.to_string()).collect();
+    subnets.sort();
+    assert_eq!(
+        subnets,
+        ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"],
+        "{first:?}"
+    );
+    for r in first.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(r.contains("no free /24 block left in 10.244.0.0/22"), "{r}");
+    }
+    for (i, r) in again {
+        assert_eq!(
+            r.as_ref().ok(),
+            first[i].as_ref().ok(),
+            "n{} lost its block",
+            i + 1
+        );
+    }
+}

@@ -141,12 +141,13 @@ impl Connector {
             }
         }
         self.failed_rounds += 1;
-        tokio::time::sleep(self.backoff()).await;
+        tokio::time::sleep(backoff(self.failed_rounds)).await;
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no etcd endpoints")))
     }
+}
 
-    fn backoff(&self) -> Duration {
-        let exp = self.failed_rounds.min(6);
-        (Duration::from_millis(100) * 2u32.pow(exp)).min(MAX_BACKOFF)
-    }
+/// The pause after `failures` failures in a row: 100 ms doubling up to
+/// [`MAX_BACKOFF`].
+pub fn backoff(failures: u32) -> Duration {
+    (Duration::from_millis(100) * 2u32.pow(failures.min(6))).min(MAX_BACKOFF)
 }

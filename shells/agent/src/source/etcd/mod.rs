@@ -45,6 +45,9 @@ pub const SUBNET_LEASE_ANNOTATION: &str = "podwire.io/subnet-lease";
 /// The largest response a list may return (a cluster at Kubernetes' limits).
 const MAX_MESSAGE: usize = 1 << 30;
 
+/// A session shorter than this counts as failing at once (see [`run`]).
+const SHORT_SESSION: Duration = Duration::from_secs(10);
+
 /// How often the subnet lease is renewed (its TTL is a day).
 const SUBNET_RENEW: Duration = Duration::from_secs(300);
 
@@ -95,11 +98,14 @@ pub async fn run(config: EtcdConfig, node: NodeIdentity, events: EventSender) {
     let schema = Schema::new(&config.prefix);
     let mut connector = Connector::new(config);
     let mut progress = Progress::default();
+    let mut short_sessions = 0;
     loop {
+        let mut pause = None;
         let failure = match connector.connect_round().await {
             Ok((endpoint, mut client)) => {
                 tracing::info!(%endpoint, "connected to etcd");
-                match session(
+                let started = tokio::time::Instant::now();
+                let end = session(
                     &mut client,
                     &endpoint,
                     &schema,
@@ -107,8 +113,16 @@ pub async fn run(config: EtcdConfig, node: NodeIdentity, events: EventSender) {
                     &mut progress,
                     &events,
                 )
-                .await
-                {
+                .await;
+                // A session that fails as soon as it starts (no network config, no
+                // free subnet) is retried after a growing pause, not in a tight loop.
+                if started.elapsed() < SHORT_SESSION {
+                    short_sessions += 1;
+                    pause = Some(connection::backoff(short_sessions));
+                } else {
+                    short_sessions = 0;
+                }
+                match end {
                     End::Closed => return,
                     End::Failed(e) => format!("etcd {endpoint}: {e:#}"),
                 }
@@ -125,6 +139,9 @@ pub async fn run(config: EtcdConfig, node: NodeIdentity, events: EventSender) {
             .is_err()
         {
             return;
+        }
+        if let Some(p) = pause {
+            tokio::time::sleep(p).await;
         }
     }
 }
