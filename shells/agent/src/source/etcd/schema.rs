@@ -82,18 +82,22 @@ impl Schema {
         format!("{}/resources/", self.prefix)
     }
 
+    /// The prefix of the objects of `kind`.
+    pub fn kind_prefix(&self, kind: Kind) -> String {
+        format!("{}{kind}/", self.resources())
+    }
+
     /// The key of one object.
     pub fn resource(&self, key: &ObjectKey) -> String {
         if key.kind.namespaced() {
             format!(
-                "{}{}/{}/{}",
-                self.resources(),
-                key.kind,
+                "{}{}/{}",
+                self.kind_prefix(key.kind),
                 key.namespace,
                 key.name
             )
         } else {
-            format!("{}{}/{}", self.resources(), key.kind, key.name)
+            format!("{}{}", self.kind_prefix(key.kind), key.name)
         }
     }
 

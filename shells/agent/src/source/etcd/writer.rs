@@ -6,8 +6,9 @@
 //! is refused), merged with what etcd holds, and the merged state must pass the same
 //! validation the agents apply (pods, namespaces, NetworkPolicies as the API server
 //! would check them) before anything is written; the writes then go in one
-//! transaction, guarded by the revision that was validated, so a file is applied
-//! whole or not at all and never on top of a state it was not checked against.
+//! transaction (up to etcd's 128 operations; bigger changes in chunks), guarded by
+//! the revision that was validated, so a change is never written on top of a state
+//! it was not checked against.
 //! `Node` objects are refused: in this datastore each agent writes its own.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -122,9 +123,12 @@ fn validate(objects: impl IntoIterator<Item = Object>) -> Result<()> {
     Ok(())
 }
 
-/// Runs `ops` in transactions guarded by `revision` (no key under the resources
-/// changed since it was read). Files bigger than one transaction are written in
-/// chunks; only the first is guarded.
+/// Runs `ops` in transactions guarded by `revision`: no object but the agents' own
+/// `Node`s (which agents rewrite whenever they reconnect, and which the checks do
+/// not read) changed since it was read. Changes bigger than one transaction are
+/// written in chunks of [`MAX_TXN_OPS`]; only the first is guarded, so a conflict
+/// writes nothing, but a connection lost between chunks leaves the first ones
+/// written (apply the file again).
 async fn commit(
     client: &mut Client,
     schema: &Schema,
@@ -135,12 +139,15 @@ async fn commit(
     for chunk in ops.chunks(MAX_TXN_OPS) {
         let mut txn = Txn::new();
         if first {
-            txn = txn.when([Compare::mod_revision(
-                schema.resources(),
-                CompareOp::Less,
-                revision + 1,
-            )
-            .with_prefix()]);
+            let unchanged: Vec<Compare> = Kind::ALL
+                .iter()
+                .filter(|k| **k != Kind::Node)
+                .map(|k| {
+                    Compare::mod_revision(schema.kind_prefix(*k), CompareOp::Less, revision + 1)
+                        .with_prefix()
+                })
+                .collect();
+            txn = txn.when(unchanged);
         }
         if !client.txn(txn.and_then(chunk.to_vec())).await?.succeeded() {
             bail!("the objects in etcd changed while this file was checked; nothing was written, try again");
