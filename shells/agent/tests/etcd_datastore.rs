@@ -91,6 +91,17 @@ fn racing_agents_get_distinct_subnets_and_apply_validates_like_the_api_server() 
         }
     }
     assert!(ping(&lab.pods[0].netns, lab.pods[2].ip));
+    let status = podwire_agent::lab::status_table(&lab);
+    for m in &etcd(&lab).members {
+        let row = status
+            .lines()
+            .find(|l| l.starts_with(&m.name))
+            .unwrap_or_default();
+        assert!(
+            row.contains(&m.endpoint()) && row.contains("running"),
+            "{status}"
+        );
+    }
 
     let dir = TempDir::new();
     let file = |name: &str, text: &str| {

@@ -267,6 +267,25 @@ impl LabEtcd {
         Ok(rev)
     }
 
+    /// The members, their addresses and whether their process runs.
+    pub fn status_table(&self, run_dir: &Path) -> String {
+        let mut rows = vec![vec![
+            "ETCD".to_string(),
+            "NETNS".into(),
+            "CLIENT-URL".into(),
+            "PROCESS".into(),
+        ]];
+        for m in &self.members {
+            let process = if m.pid != 0 && is_lab_member(m.pid, run_dir) {
+                format!("running (pid {})", m.pid)
+            } else {
+                "stopped".into()
+            };
+            rows.push(vec![m.name.clone(), m.netns.clone(), m.endpoint(), process]);
+        }
+        super::table(&rows)
+    }
+
     /// Writes the lab's cluster state (YAML documents): every object but the
     /// nodes, which the agents write themselves. The client runs in member 1's
     /// namespace.

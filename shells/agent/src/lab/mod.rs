@@ -847,6 +847,10 @@ pub fn status_table(lab: &Lab) -> String {
         ]);
     }
     out.push_str(&table(&rows));
+    if let Some(e) = &lab.etcd {
+        out.push('\n');
+        out.push_str(&e.status_table(&lab.paths.run_dir));
+    }
     out
 }
 
