@@ -115,6 +115,50 @@ fn lab_demo_passes_every_check_prints_the_table_and_cleans_up() {
 }
 
 #[test]
+fn lab_demo_on_etcd_passes_and_leaves_no_member_behind() {
+    if !can_run() {
+        return;
+    }
+    let lab = CliLab::new();
+    let out = lab.run(&[
+        "demo",
+        "--datastore",
+        "etcd",
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "2",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo on etcd failed:\n{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("etcd: 3 members"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    let summary = stdout.lines().last().unwrap();
+    let (passed, total) = summary
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .split_once('/')
+        .unwrap();
+    assert_eq!(passed, total, "{summary}");
+    assert!(lab.namespaces().is_empty(), "{:?}", lab.namespaces());
+    let members = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| podwire_agent::lab::etcd::is_lab_member(*pid, &lab.dir))
+        .count();
+    assert_eq!(members, 0, "etcd members outlived the demo");
+}
+
+#[test]
 fn lab_up_status_exec_down_and_down_after_a_crash() {
     if !can_run() {
         return;

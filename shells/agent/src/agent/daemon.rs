@@ -44,6 +44,12 @@ pub struct AgentConfig {
     pub datastore: Datastore,
     /// Manifests file or folder (the file datastore).
     pub cluster: PathBuf,
+    /// The etcd cluster (the etcd datastore).
+    pub etcd: source::etcd::EtcdConfig,
+    /// The InternalIP this node publishes (the etcd datastore; `None`: detected).
+    pub node_ip: Option<std::net::Ipv4Addr>,
+    /// How long this node's Node object outlives the agent (the etcd datastore).
+    pub liveness_ttl: Duration,
     /// This node's name.
     pub node: String,
     /// State directory (IPAM).
@@ -309,6 +315,18 @@ fn spawn_source(
             tokio::spawn(source::file::run(
                 config.cluster.clone(),
                 config.reload_interval,
+                events,
+            )),
+        ),
+        Datastore::Etcd => (
+            format!("etcd {}", config.etcd.endpoints.join(",")),
+            tokio::spawn(source::etcd::run(
+                config.etcd.clone(),
+                source::etcd::NodeIdentity {
+                    name: config.node.clone(),
+                    ip: config.node_ip,
+                    liveness_ttl: config.liveness_ttl,
+                },
                 events,
             )),
         ),

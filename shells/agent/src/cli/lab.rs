@@ -25,8 +25,12 @@ pub struct UpArgs {
     /// The agents busy-poll this many microseconds after traffic (0: off).
     #[arg(long)]
     pub busy_poll_us: Option<u64>,
+    /// Where the cluster state lives: `file` (a manifests file in the run directory)
+    /// or `etcd` (a 3-member etcd cluster in the lab's namespaces).
+    #[arg(long, value_enum)]
+    pub datastore: Option<crate::source::Datastore>,
     /// A lab spec (YAML: nodes, podsPerNode, underlayMtu, underlayCidr, clusterCidr,
-    /// busyPollUs, manifests); the options above override it.
+    /// busyPollUs, datastore, manifests); the options above override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -48,6 +52,9 @@ impl UpArgs {
         }
         if let Some(b) = self.busy_poll_us {
             s.busy_poll_us = b;
+        }
+        if let Some(d) = self.datastore {
+            s.datastore = d;
         }
         Ok(s)
     }

@@ -8,6 +8,7 @@
 //! JSON or YAML, so scripts get exactly the structure the API carries and people get
 //! `kubectl get`-style columns.
 
+pub mod datastore;
 pub mod lab;
 pub mod output;
 pub mod policy;
@@ -61,6 +62,39 @@ pub struct ViewArgs {
     pub socket: PathBuf,
 }
 
+/// How to reach the etcd datastore.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EtcdArgs {
+    /// Client URLs of the etcd members, comma-separated (`http://10.0.0.1:2379,...`).
+    #[arg(long, value_delimiter = ',', env = "PODWIRE_ETCD_ENDPOINTS")]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix of the cluster's data.
+    #[arg(long, default_value = crate::source::etcd::schema::DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
+    /// CA certificate (PEM) of the members.
+    #[arg(long)]
+    pub etcd_cacert: Option<PathBuf>,
+    /// Client certificate (PEM).
+    #[arg(long)]
+    pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long)]
+    pub etcd_key: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    /// The connection settings.
+    pub fn config(&self) -> crate::source::etcd::EtcdConfig {
+        crate::source::etcd::EtcdConfig {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.etcd_prefix.clone(),
+            cacert: self.etcd_cacert.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+        }
+    }
+}
+
 /// Options of `podwire agent`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
@@ -70,6 +104,16 @@ pub struct AgentArgs {
     /// Kubernetes manifests (file or folder) describing the cluster (`--datastore file`).
     #[arg(long, default_value = "/etc/podwire/cluster.yaml")]
     pub cluster: PathBuf,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// The InternalIP this node publishes in its Node object (`--datastore etcd`;
+    /// default: the address it reaches the first etcd endpoint from).
+    #[arg(long)]
+    pub node_ip: Option<std::net::Ipv4Addr>,
+    /// Seconds this node's Node object outlives a dead agent (`--datastore etcd`):
+    /// the other nodes drop its routes when it expires.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=3600))]
+    pub etcd_node_ttl_s: u64,
     /// This node's name (defaults to $NODE_NAME, then the hostname).
     #[arg(long, env = "NODE_NAME")]
     pub node: Option<String>,
@@ -185,7 +229,7 @@ pub enum Command {
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
     /// Run the node agent.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// One line per subsystem.
     Status(ViewArgs),
     /// Pods attached on this node.
@@ -217,6 +261,13 @@ pub enum Command {
         #[arg(long, default_value = crate::cni::spec::DEFAULT_SOCKET, env = "PODWIRE_SOCKET")]
         socket: PathBuf,
     },
+    /// Create or update the objects of a manifests file or folder in the etcd datastore.
+    Apply(datastore::ApplyArgs),
+    /// Delete the objects of a manifests file or folder from the etcd datastore.
+    Delete(datastore::ApplyArgs),
+    /// The etcd datastore's network config.
+    #[command(subcommand)]
+    Etcd(datastore::EtcdCommand),
     /// Install the CNI conflist and plugin binary (as a DaemonSet init container does).
     InstallCni {
         /// CNI configuration directory.
@@ -253,7 +304,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Policy(cmd) => return policy::run(cmd),
         Command::Lab(cmd) => return lab::run(cmd),
-        Command::Agent(a) => run_agent(a)?,
+        Command::Apply(a) => datastore::apply(&a, false)?,
+        Command::Delete(a) => datastore::apply(&a, true)?,
+        Command::Etcd(cmd) => datastore::etcd(&cmd)?,
+        Command::Agent(a) => run_agent(*a)?,
         Command::Status(v) => show::status(&v)?,
         Command::Pods(v) => show::pods(&v)?,
         Command::Routes(v) => show::routes(&v)?,
@@ -282,6 +336,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     init_logs(a.log_format);
     let dns = dns_config(&a)?;
+    if a.datastore == crate::source::Datastore::Etcd {
+        a.etcd.config().validate()?;
+    }
     let node = match a.node {
         Some(n) => n,
         None => nix::unistd::gethostname()?
@@ -291,6 +348,9 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     let config = crate::agent::daemon::AgentConfig {
         datastore: a.datastore,
         cluster: a.cluster,
+        etcd: a.etcd.config(),
+        node_ip: a.node_ip,
+        liveness_ttl: Duration::from_secs(a.etcd_node_ttl_s),
         node,
         state_dir: a.state_dir,
         socket: a.socket,

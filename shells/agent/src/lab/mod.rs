@@ -15,6 +15,7 @@
 
 pub mod apply;
 pub mod demo;
+pub mod etcd;
 pub mod flow;
 pub mod objects;
 pub mod serve;
@@ -67,6 +68,8 @@ pub struct LabSpec {
     pub manifests: Vec<PathBuf>,
     /// The agents' `--dns-upstream` (empty: the node's resolv.conf).
     pub dns_upstreams: Vec<String>,
+    /// Where the cluster state lives (`etcd`: a 3-member etcd in the lab).
+    pub datastore: crate::source::Datastore,
 }
 
 impl Default for LabSpec {
@@ -80,6 +83,7 @@ impl Default for LabSpec {
             busy_poll_us: 0,
             manifests: Vec::new(),
             dns_upstreams: Vec::new(),
+            datastore: crate::source::Datastore::File,
         }
     }
 }
@@ -248,6 +252,9 @@ pub struct Lab {
     /// Namespaces, Services and NetworkPolicies applied with `lab apply`.
     #[serde(default)]
     pub objects: objects::LabObjects,
+    /// The etcd cluster (`datastore: etcd`).
+    #[serde(default)]
+    pub etcd: Option<etcd::LabEtcd>,
 }
 
 fn progress(verbose: bool, msg: &str) {
@@ -286,6 +293,7 @@ impl Lab {
             pods: Vec::new(),
             extra_manifests: String::new(),
             objects: Default::default(),
+            etcd: None,
         };
         lab.save()?;
         let t0 = Instant::now();
@@ -294,6 +302,18 @@ impl Lab {
             &format!("underlay bridge in netns {}", lab.underlay),
         );
         add_underlay(&lab.underlay, lab.spec.underlay_mtu)?;
+        if lab.spec.datastore == crate::source::Datastore::Etcd {
+            progress(verbose, "etcd: 3 members on the underlay");
+            lab.etcd = Some(etcd::LabEtcd::up(
+                &lab.paths.prefix,
+                &lab.underlay,
+                lab.spec.underlay_net()?,
+                lab.spec.underlay_mtu,
+                &lab.paths.run_dir,
+                lab.spec.cluster_net()?,
+            )?);
+            lab.save()?;
+        }
         for i in 1..=lab.spec.nodes {
             let name = format!("node{i}");
             lab.nodes.push(LabNode {
@@ -332,6 +352,9 @@ impl Lab {
         }
         for n in lab.nodes.clone() {
             lab.wait_agent(&n.name)?;
+        }
+        if lab.etcd.is_some() {
+            lab.learn_pod_cidrs()?;
         }
         progress(verbose, &format!("{} agents running", lab.nodes.len()));
         for n in lab.nodes.clone() {
@@ -446,6 +469,9 @@ impl Lab {
     /// API server tells a real node), then the extras.
     pub fn write_manifests(&self) -> Result<()> {
         let y = self.manifests_text()?;
+        if let Some(etcd) = &self.etcd {
+            return etcd.write_state(&y);
+        }
         let p = self.manifests_file();
         let tmp = p.with_extension("yaml.tmp");
         std::fs::write(&tmp, y)?;
@@ -521,15 +547,14 @@ impl Lab {
             .args(["netns", "exec", &n.netns])
             .arg(&self.paths.podwire)
             .arg("agent")
-            .arg("--cluster")
-            .arg(self.manifests_file())
             .args(["--node", &n.name])
             .arg("--state-dir")
             .arg(dir.join("state"))
             .arg("--socket")
             .arg(self.socket(node))
             .args(["--reload-interval-ms", "100"])
-            .args(["--busy-poll-us", &self.spec.busy_poll_us.to_string()]);
+            .args(["--busy-poll-us", &self.spec.busy_poll_us.to_string()])
+            .args(self.datastore_args(&n));
         if !self.spec.dns_upstreams.is_empty() {
             command.args(["--dns-upstream", &self.spec.dns_upstreams.join(",")]);
         }
@@ -715,6 +740,9 @@ impl Lab {
 
     /// Lists or unlists a node in the cluster state (the agents apply it live).
     pub fn set_listed(&mut self, node: &str, listed: bool) -> Result<()> {
+        if self.etcd.is_some() {
+            bail!("on etcd each node lists itself: stop its agent to unlist {node}");
+        }
         match self.nodes.iter_mut().find(|x| x.name == node) {
             Some(n) => n.listed = listed,
             None => bail!("no node {node}"),
@@ -738,6 +766,38 @@ impl Lab {
             self.spec.underlay_mtu,
         )?;
         Ok((netns, addr))
+    }
+
+    /// The agent's datastore options for node `n`.
+    fn datastore_args(&self, n: &LabNode) -> Vec<String> {
+        match &self.etcd {
+            Some(etcd) => vec![
+                "--datastore".into(),
+                "etcd".into(),
+                "--etcd-endpoints".into(),
+                etcd.endpoints(),
+                "--node-ip".into(),
+                n.ip.to_string(),
+            ],
+            None => vec![
+                "--cluster".into(),
+                self.manifests_file().display().to_string(),
+            ],
+        }
+    }
+
+    /// Records the pod CIDR each agent took from its subnet lease (etcd).
+    fn learn_pod_cidrs(&mut self) -> Result<()> {
+        for i in 0..self.nodes.len() {
+            let name = self.nodes[i].name.clone();
+            let report: crate::api::IpamReport =
+                serde_json::from_str(&self.podwire(&name, &["ipam", "-o", "json"])?)?;
+            match report.cidr {
+                Some(ipnet::IpNet::V4(c)) => self.nodes[i].pod_cidr = c,
+                other => bail!("the agent of {name} reports pod CIDR {other:?}"),
+            }
+        }
+        self.save()
     }
 
     /// Tears the lab down (see [`down`]).
@@ -837,12 +897,17 @@ pub fn down(prefix: &str, run_dir: &Path) -> Vec<String> {
             if pid == std::process::id() {
                 continue;
             }
-            for role in ["agent", "serve"] {
-                if is_lab_process(pid, run_dir, role) {
-                    kill_and_wait(pid);
-                    removed.push(format!("{role} pid {pid}"));
-                }
-            }
+            let what = if is_lab_agent(pid, run_dir) {
+                "agent"
+            } else if is_lab_process(pid, run_dir, "serve") {
+                "serve"
+            } else if etcd::is_lab_member(pid, run_dir) {
+                "etcd"
+            } else {
+                continue;
+            };
+            kill_and_wait(pid);
+            removed.push(format!("{what} pid {pid}"));
         }
     }
     for ns in list_netns(&format!("{prefix}-")) {
@@ -1060,6 +1125,10 @@ pub fn status_table(lab: &Lab) -> String {
         }
         out.push_str(&table(&rows));
     }
+    if let Some(e) = &lab.etcd {
+        out.push('\n');
+        out.push_str(&e.status_table(&lab.paths.run_dir));
+    }
     out
 }
 
@@ -1192,6 +1261,7 @@ mod tests {
             ],
             extra_manifests: String::new(),
             objects: Default::default(),
+            etcd: None,
         };
         lab.save().unwrap();
         lab.set_pod_labels(

@@ -12,6 +12,7 @@
 //! source therefore never needs to know what the agent derives from the objects, and
 //! the compile step never needs to know where they came from.
 
+pub mod etcd;
 pub mod file;
 pub mod store;
 
@@ -99,17 +100,31 @@ pub enum SourceEvent {
 }
 
 /// Which datastore the agent runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Datastore {
     /// A manifests file or folder, watched for changes.
     #[default]
     File,
+    /// An etcd cluster (`--etcd-endpoints`), shared by every node.
+    Etcd,
 }
 
 impl fmt::Display for Datastore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Datastore::File => "file",
+            Datastore::Etcd => "etcd",
         })
     }
 }

@@ -50,7 +50,17 @@ pub fn lab(nodes: usize, pods: usize) -> LabGuard {
     })
 }
 
-/// A lab built from `spec`, with a random prefix and run directory.
+/// A lab whose agents run on a 3-member etcd cluster in the lab's namespaces.
+pub fn lab_on_etcd(nodes: usize, pods: usize) -> LabGuard {
+    lab_with(LabSpec {
+        nodes,
+        pods_per_node: pods,
+        datastore: podwire_agent::source::Datastore::Etcd,
+        ..LabSpec::default()
+    })
+}
+
+/// A lab built from `spec` (removed on drop).
 pub fn lab_with(spec: LabSpec) -> LabGuard {
     let paths = test_paths();
     let mut g = LabGuard {
@@ -86,8 +96,13 @@ pub fn drops(lab: &Lab, node: &str, reason: &str) -> u64 {
 }
 
 /// Polls `f` until it holds (10 s).
-pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+pub fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    wait_for_within(what, std::time::Duration::from_secs(10), f)
+}
+
+/// Polls `f` until it holds, failing the test after `limit`.
+pub fn wait_for_within(what: &str, limit: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
     while !f() {
         assert!(
             std::time::Instant::now() < deadline,

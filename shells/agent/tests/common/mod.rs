@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod etcd;
 pub mod lab;
 pub mod runtime;
 
