@@ -70,6 +70,14 @@ pub struct AgentArgs {
     /// Kubernetes manifests (file or folder) describing the cluster (`--datastore file`).
     #[arg(long, default_value = "/etc/podwire/cluster.yaml")]
     pub cluster: PathBuf,
+    /// kubeconfig of the API server (`--datastore kubernetes`; default: the in-cluster
+    /// configuration of the pod's service account).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Also publish flannel's Node annotations (`flannel.alpha.coreos.com/*`), so
+    /// flannel nodes reach this one (`--datastore kubernetes`).
+    #[arg(long)]
+    pub flannel_interop: bool,
     /// This node's name (defaults to $NODE_NAME, then the hostname).
     #[arg(long, env = "NODE_NAME")]
     pub node: Option<String>,
@@ -207,6 +215,8 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     let config = crate::agent::daemon::AgentConfig {
         datastore: a.datastore,
         cluster: a.cluster,
+        kubeconfig: a.kubeconfig,
+        flannel_interop: a.flannel_interop,
         node,
         state_dir: a.state_dir,
         socket: a.socket,

@@ -13,9 +13,11 @@
 //! the compile step never needs to know where they came from.
 
 pub mod file;
+pub mod kubernetes;
 pub mod store;
 
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 pub use store::{ObjectKey, ObjectStore};
@@ -104,12 +106,15 @@ pub enum Datastore {
     /// A manifests file or folder, watched for changes.
     #[default]
     File,
+    /// The Kubernetes API server (`--kubeconfig`, or the in-cluster configuration).
+    Kubernetes,
 }
 
 impl fmt::Display for Datastore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Datastore::File => "file",
+            Datastore::Kubernetes => "kubernetes",
         })
     }
 }
@@ -122,3 +127,21 @@ pub const EVENT_QUEUE: usize = 4096;
 
 /// How long the agent waits after an event for more before it compiles.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// What the agent tells its datastore about its own node once the node is wired
+/// (dataplane running, VXLAN socket bound), so that a shared datastore can publish
+/// it for the other nodes and for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WiredNode {
+    /// The node's underlay address: where other nodes send its VXLAN traffic.
+    pub public_ip: Ipv4Addr,
+    /// The inner destination MAC other nodes address this node's VTEP with.
+    pub vtep_mac: [u8; 6],
+    /// The VXLAN network identifier.
+    pub vni: u32,
+    /// The VXLAN UDP port.
+    pub vxlan_port: u16,
+}
+
+/// The receiving half a source reads [`WiredNode`] from (`None` until wired).
+pub type WiredReceiver = tokio::sync::watch::Receiver<Option<WiredNode>>;
