@@ -25,8 +25,12 @@ pub struct UpArgs {
     /// The agents busy-poll this many microseconds after traffic (0: off).
     #[arg(long)]
     pub busy_poll_us: Option<u64>,
+    /// Where the cluster state lives: `file` (the lab's manifests) or `kubernetes`
+    /// (kube-apiserver, kube-controller-manager and etcd in the lab's namespaces).
+    #[arg(long, value_enum)]
+    pub datastore: Option<crate::source::Datastore>,
     /// A lab spec (YAML: nodes, podsPerNode, underlayMtu, underlayCidr, clusterCidr,
-    /// busyPollUs); the options above override it.
+    /// busyPollUs, datastore); the options above override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -49,6 +53,9 @@ impl UpArgs {
         if let Some(b) = self.busy_poll_us {
             s.busy_poll_us = b;
         }
+        if let Some(d) = self.datastore {
+            s.datastore = d;
+        }
         Ok(s)
     }
 }
@@ -70,6 +77,9 @@ pub enum LabCommand {
     },
     /// Remove the lab (agents, namespaces, state), also after a crash or a half-built lab.
     Down,
+    /// Print the path of the admin kubeconfig of a lab on `--datastore kubernetes`
+    /// (for the kubectl that tests/k8s-build built).
+    Kubeconfig,
     /// Build a lab, check the network model with real traffic, print the results, remove it.
     Demo(UpArgs),
 }
@@ -114,6 +124,11 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
             let lab = Lab::load(&paths.run_dir)?;
             let code = lab::exec(&lab, &pod, &command)?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        LabCommand::Kubeconfig => {
+            let lab = Lab::load(&paths.run_dir)?;
+            println!("{}", lab.kubeconfig()?.display());
+            Ok(ExitCode::SUCCESS)
         }
         LabCommand::Down => {
             let removed = lab::down(&paths.prefix, &paths.run_dir);

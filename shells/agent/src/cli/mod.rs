@@ -76,7 +76,7 @@ pub struct AgentArgs {
     pub kubeconfig: Option<PathBuf>,
     /// Also publish flannel's Node annotations (`flannel.alpha.coreos.com/*`), so
     /// flannel nodes reach this one (`--datastore kubernetes`).
-    #[arg(long)]
+    #[arg(long, env = "PODWIRE_FLANNEL_INTEROP")]
     pub flannel_interop: bool,
     /// This node's name (defaults to $NODE_NAME, then the hostname).
     #[arg(long, env = "NODE_NAME")]

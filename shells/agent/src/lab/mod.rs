@@ -14,6 +14,7 @@
 //! uses the fixed ones ([`DEFAULT_PREFIX`], [`DEFAULT_RUN_DIR`]).
 
 pub mod demo;
+pub mod kubernetes;
 pub mod topology;
 pub mod traffic;
 
@@ -58,6 +59,9 @@ pub struct LabSpec {
     pub cluster_cidr: String,
     /// The agents' `--busy-poll-us` (0: off).
     pub busy_poll_us: u64,
+    /// Where the cluster state lives: the lab's manifests file, or a Kubernetes
+    /// control plane the lab runs in its own namespace.
+    pub datastore: crate::source::Datastore,
 }
 
 impl Default for LabSpec {
@@ -69,6 +73,7 @@ impl Default for LabSpec {
             underlay_cidr: "172.30.0.0/24".into(),
             cluster_cidr: "10.244.0.0/16".into(),
             busy_poll_us: 0,
+            datastore: crate::source::Datastore::File,
         }
     }
 }
@@ -214,6 +219,9 @@ pub struct Lab {
     /// Extra manifests appended to the cluster state (e.g. foreign nodes).
     #[serde(default)]
     pub extra_manifests: String,
+    /// The control plane and its sync state (`--datastore kubernetes`).
+    #[serde(default)]
+    pub kube: Option<kubernetes::KubeLab>,
 }
 
 fn progress(verbose: bool, msg: &str) {
@@ -251,6 +259,7 @@ impl Lab {
             nodes: Vec::new(),
             pods: Vec::new(),
             extra_manifests: String::new(),
+            kube: None,
         };
         lab.save()?;
         let t0 = Instant::now();
@@ -259,6 +268,9 @@ impl Lab {
             &format!("underlay bridge in netns {}", lab.underlay),
         );
         add_underlay(&lab.underlay, lab.spec.underlay_mtu)?;
+        if lab.spec.datastore == crate::source::Datastore::Kubernetes {
+            lab.start_control_plane(verbose)?;
+        }
         for i in 1..=lab.spec.nodes {
             let name = format!("node{i}");
             lab.nodes.push(LabNode {
@@ -292,6 +304,19 @@ impl Lab {
                 n.ip,
                 lab.spec.underlay_mtu,
             )?;
+            if let Some(k) = lab.kube.as_mut() {
+                let cidr = k.control_plane.register_node(&n.name, n.ip, None)?;
+                k.nodes.insert(n.name.clone());
+                lab.nodes[i].pod_cidr = cidr;
+                progress(
+                    verbose,
+                    &format!(
+                        "{}: registered; kube-controller-manager allocated {cidr}",
+                        n.name
+                    ),
+                );
+                lab.save()?;
+            }
             lab.install_cni(&n.name)?;
             lab.start_agent(&n.name)?;
         }
@@ -384,7 +409,7 @@ impl Lab {
             p.labels = labels;
         }
         self.save()?;
-        self.write_manifests()
+        self.publish_state()
     }
 
     /// Replaces the extra manifests appended to the cluster state (policies,
@@ -393,7 +418,7 @@ impl Lab {
     pub fn set_extra_manifests(&mut self, yaml: &str) -> Result<()> {
         self.extra_manifests = yaml.trim_start_matches("---\n").to_string();
         self.save()?;
-        self.write_manifests()
+        self.publish_state()
     }
 
     /// Writes the cluster state (write a temporary file, then rename it over the
@@ -446,6 +471,53 @@ impl Lab {
         Ok(())
     }
 
+    /// Publishes the lab's cluster state: writes the manifests file and, on the
+    /// Kubernetes datastore, brings the API server to the same state.
+    pub fn publish_state(&mut self) -> Result<()> {
+        self.write_manifests()?;
+        if let Some(mut k) = self.kube.take() {
+            let synced = k.sync(self);
+            self.kube = Some(k);
+            self.save()?;
+            synced?;
+        }
+        Ok(())
+    }
+
+    fn start_control_plane(&mut self, verbose: bool) -> Result<()> {
+        let netns = format!("{}-cp", self.paths.prefix);
+        let o = self.spec.underlay_net()?.network().octets();
+        let address = Ipv4Addr::new(o[0], o[1], o[2], kubernetes::CONTROL_PLANE_HOST);
+        progress(
+            verbose,
+            &format!("control plane: netns {netns}, {address}: etcd, kube-apiserver, kube-controller-manager"),
+        );
+        add_netns(&netns)?;
+        attach_to_underlay(
+            &self.underlay,
+            &netns,
+            "vcp",
+            address,
+            self.spec.underlay_mtu,
+        )?;
+        let k = kubernetes::KubeLab::start(
+            &netns,
+            address,
+            &self.paths.run_dir,
+            self.spec.cluster_net()?,
+        )?;
+        self.kube = Some(k);
+        self.save()
+    }
+
+    /// The admin kubeconfig of the lab's API server (`--datastore kubernetes`).
+    pub fn kubeconfig(&self) -> Result<PathBuf> {
+        match &self.kube {
+            Some(k) => Ok(k.control_plane.admin_kubeconfig()),
+            None => bail!("this lab runs on the file datastore (lab up --datastore kubernetes has a kubeconfig)"),
+        }
+    }
+
     fn install_cni(&self, node: &str) -> Result<()> {
         let dir = self.node_dir(node);
         std::fs::create_dir_all(&dir)?;
@@ -473,8 +545,7 @@ impl Lab {
             .args(["netns", "exec", &n.netns])
             .arg(&self.paths.podwire)
             .arg("agent")
-            .arg("--cluster")
-            .arg(self.manifests_file())
+            .args(self.datastore_args())
             .args(["--node", &n.name])
             .arg("--state-dir")
             .arg(dir.join("state"))
@@ -500,6 +571,19 @@ impl Lab {
             m.agent_pid = pid;
         }
         self.save()
+    }
+
+    /// The agent's datastore options.
+    fn datastore_args(&self) -> Vec<std::ffi::OsString> {
+        match &self.kube {
+            Some(k) => vec![
+                "--datastore".into(),
+                "kubernetes".into(),
+                "--kubeconfig".into(),
+                k.agent_kubeconfig.clone().into(),
+            ],
+            None => vec!["--cluster".into(), self.manifests_file().into()],
+        }
     }
 
     /// Stops the agent of `node` with SIGKILL (as a crash would).
@@ -639,7 +723,7 @@ impl Lab {
         };
         self.pods.push(pod.clone());
         self.save()?;
-        self.write_manifests()?;
+        self.publish_state()?;
         Ok(pod)
     }
 
@@ -650,7 +734,7 @@ impl Lab {
             None => bail!("no node {node}"),
         }
         self.save()?;
-        self.write_manifests()
+        self.publish_state()
     }
 
     /// Adds a namespace wired to the underlay like a node, but without an agent (a
@@ -676,7 +760,7 @@ impl Lab {
     }
 }
 
-fn wait_gone(pid: u32) {
+pub(crate) fn wait_gone(pid: u32) {
     for _ in 0..200 {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             return;
@@ -726,6 +810,7 @@ pub fn down(prefix: &str, run_dir: &Path) -> Vec<String> {
             }
         }
     }
+    removed.extend(kubernetes::stop_all(run_dir));
     for ns in list_netns(&format!("{prefix}-")) {
         del_netns(&ns);
         removed.push(format!("netns {ns}"));
@@ -907,6 +992,7 @@ mod tests {
                 pod("c", "team-a", "node2", [10, 244, 2, 2], &[("role", "a: b")]),
             ],
             extra_manifests: String::new(),
+            kube: None,
         };
         lab.save().unwrap();
         lab.set_pod_labels(

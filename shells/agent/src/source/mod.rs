@@ -101,7 +101,18 @@ pub enum SourceEvent {
 }
 
 /// Which datastore the agent runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Datastore {
     /// A manifests file or folder, watched for changes.
     #[default]
