@@ -4,6 +4,7 @@
 
 use podwire_agent::lab::demo;
 use podwire_agent::lab::{down, Lab, LabPaths, LabSpec};
+use podwire_agent::source::Datastore;
 
 use super::{suffix, PODWIRE, PODWIRE_CNI};
 
@@ -43,6 +44,11 @@ pub fn test_paths() -> LabPaths {
 }
 
 pub fn lab(nodes: usize, pods: usize) -> LabGuard {
+    lab_on(nodes, pods, Datastore::File)
+}
+
+/// A lab whose cluster state lives in `datastore`.
+pub fn lab_on(nodes: usize, pods: usize, datastore: Datastore) -> LabGuard {
     let paths = test_paths();
     let mut g = LabGuard {
         paths: paths.clone(),
@@ -51,6 +57,7 @@ pub fn lab(nodes: usize, pods: usize) -> LabGuard {
     let spec = LabSpec {
         nodes,
         pods_per_node: pods,
+        datastore,
         ..LabSpec::default()
     };
     g.lab = Some(Lab::up(spec, paths, false).expect("lab up"));
@@ -82,8 +89,13 @@ pub fn drops(lab: &Lab, node: &str, reason: &str) -> u64 {
 }
 
 /// Polls `f` until it holds (10 s).
-pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+pub fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    wait_within(what, std::time::Duration::from_secs(10), f)
+}
+
+/// Polls `f` until it holds, for at most `limit`.
+pub fn wait_within(what: &str, limit: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
     while !f() {
         assert!(
             std::time::Instant::now() < deadline,
