@@ -77,8 +77,9 @@ pub enum LabCommand {
     },
     /// Remove the lab (agents, namespaces, state), also after a crash or a half-built lab.
     Down,
-    /// Print the path of the admin kubeconfig of a lab on `--datastore kubernetes`
-    /// (for the kubectl that tests/k8s-build built).
+    /// Print the path of the admin kubeconfig of a lab on `--datastore kubernetes`,
+    /// for the kubectl that tests/k8s-build built, run inside the control plane's
+    /// namespace: ip netns exec pwlab-cp kubectl --kubeconfig PATH get nodes
     Kubeconfig,
     /// Build a lab, check the network model with real traffic, print the results, remove it.
     Demo(UpArgs),

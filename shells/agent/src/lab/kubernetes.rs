@@ -212,10 +212,6 @@ impl ControlPlane {
         )?;
         std::fs::write(
             self.admin_kubeconfig(),
-            kubeconfig(&self.server(), &self.ca(), &token),
-        )?;
-        std::fs::write(
-            d.join("local.kubeconfig"),
             kubeconfig(&format!("https://127.0.0.1:{API_PORT}"), &self.ca(), &token),
         )?;
         Ok(())
@@ -231,8 +227,9 @@ impl ControlPlane {
         self.dir.join("ca.crt")
     }
 
-    /// A kubeconfig with cluster-admin rights (`system:masters`), for the underlay
-    /// address.
+    /// A kubeconfig with cluster-admin rights (`system:masters`) for the API server
+    /// on the control plane namespace's loopback: use it inside that namespace
+    /// (`ip netns exec <netns> kubectl`).
     pub fn admin_kubeconfig(&self) -> PathBuf {
         self.dir.join("admin.kubeconfig")
     }
@@ -310,10 +307,7 @@ impl ControlPlane {
 
     fn start_controller_manager(&mut self) -> Result<()> {
         let args = vec![
-            format!(
-                "--kubeconfig={}",
-                self.dir.join("local.kubeconfig").display()
-            ),
+            format!("--kubeconfig={}", self.admin_kubeconfig().display()),
             "--controllers=node-ipam-controller,endpointslice-controller,namespace-controller"
                 .into(),
             "--allocate-node-cidrs=true".into(),
@@ -361,15 +355,17 @@ impl ControlPlane {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
-    /// Runs the module-built `kubectl` as cluster admin; its stdout, or an error
-    /// with its stderr.
+    /// Runs the module-built `kubectl` as cluster admin inside the control plane's
+    /// namespace; its stdout, or an error with its stderr.
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
         self.kubectl_with_input(args, None)
     }
 
     /// Runs `kubectl` with `input` on stdin (`kubectl apply -f -`).
     pub fn kubectl_with_input(&self, args: &[&str], input: Option<&str>) -> Result<String> {
-        let mut child = Command::new(self.bin.join("kubectl"))
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .arg(self.bin.join("kubectl"))
             .arg("--kubeconfig")
             .arg(self.admin_kubeconfig())
             .args(args)
