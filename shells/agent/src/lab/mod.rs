@@ -285,11 +285,15 @@ impl Lab {
         lab.write_manifests()?;
         for i in 0..lab.nodes.len() {
             let n = lab.nodes[i].clone();
+            let cidr = match lab.kube {
+                Some(_) => "from kube-controller-manager".to_string(),
+                None => n.pod_cidr.to_string(),
+            };
             progress(
                 verbose,
                 &format!(
-                    "{}: netns {}, InternalIP {}, podCIDR {}",
-                    n.name, n.netns, n.ip, n.pod_cidr
+                    "{}: netns {}, InternalIP {}, podCIDR {cidr}",
+                    n.name, n.netns, n.ip
                 ),
             );
             add_netns(&n.netns)?;
@@ -761,7 +765,8 @@ impl Lab {
 }
 
 pub(crate) fn wait_gone(pid: u32) {
-    for _ in 0..200 {
+    // Up to 15 s: a big process killed on a busy machine takes a while to go.
+    for _ in 0..1500 {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             return;
         }
