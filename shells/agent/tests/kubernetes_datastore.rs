@@ -57,6 +57,36 @@ fn agents_follow_the_api_server() {
     let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/podwire.yaml");
     kubectl(&lab, &["apply", "--dry-run=server", "-f", deploy]);
 
+    // `podwire lab kubeconfig` names a kubeconfig the module-built kubectl uses
+    // inside the control plane's namespace.
+    let out = std::process::Command::new(common::PODWIRE)
+        .args(["lab", "kubeconfig"])
+        .env("PODWIRE_LAB_DIR", &lab.paths.run_dir)
+        .env("PODWIRE_LAB_PREFIX", &lab.paths.prefix)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = String::from_utf8(out.stdout).unwrap();
+    let cp = control_plane(&lab);
+    let nodes = common::sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &cp.netns,
+        cp.bin.join("kubectl").to_str().unwrap(),
+        "--kubeconfig",
+        path.trim(),
+        "get",
+        "nodes",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(nodes, "node/node1\nnode/node2\n");
+
     // Pod CIDRs came from kube-controller-manager, and the agents use them.
     for n in &lab.nodes {
         let cidr = kubectl(

@@ -239,10 +239,8 @@ impl ControlPlane {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("{name}.log")))?;
+        let log_path = self.dir.join(format!("{name}.log"));
+        let log = File::options().create(true).append(true).open(&log_path)?;
         let child = Command::new("ip")
             .args(["netns", "exec", &self.netns])
             .arg(program)
@@ -255,9 +253,13 @@ impl ControlPlane {
             .with_context(|| format!("starting {name}"))?;
         // `ip netns exec` execs the program: the child's pid is the program's.
         self.pids[which] = child.id();
+        // Reaped here; how it ended goes to its log.
         std::thread::spawn(move || {
             let mut child = child;
-            let _ = child.wait();
+            let status = child.wait();
+            if let Ok(mut f) = File::options().append(true).open(&log_path) {
+                let _ = writeln!(f, "podwire lab: {name} ended: {status:?}");
+            }
         });
         Ok(())
     }
@@ -340,7 +342,9 @@ impl ControlPlane {
                 }
                 Ok(out) => bail!("kube-apiserver not ready: {out}"),
                 Err(e) => bail!(
-                    "kube-apiserver not ready: {e}; its log ends:\n{}",
+                    "kube-apiserver (pid {}: {}) not ready: {e}; its log ends:\n{}",
+                    self.pids[APISERVER],
+                    process_state(self.pids[APISERVER]),
                     self.log_tail("kube-apiserver")
                 ),
             }
@@ -486,6 +490,18 @@ impl ControlPlane {
             *pid = 0;
         }
     }
+}
+
+/// The state letter of `pid` from `/proc/<pid>/stat` (`R`, `S`, `Z`, ...), or `gone`.
+fn process_state(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.trim().chars().take(1).collect())
+        })
+        .unwrap_or_else(|| "gone".to_string())
 }
 
 /// Whether `pid` is a process whose command line names `dir`.
