@@ -136,7 +136,7 @@ fn kernel_flannel_node_and_podwire_node_exchange_pod_traffic_both_ways() {
          spec: {{podCIDR: 10.244.9.0/24}}\n\
          status: {{addresses: [{{type: InternalIP, address: {k_ip}}}]}}\n"
     );
-    lab.write_manifests().unwrap();
+    lab.publish_state().unwrap();
     wait_for("podwire learns node9", || {
         lab.podwire("node1", &["routes"])
             .unwrap()

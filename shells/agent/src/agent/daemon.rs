@@ -27,11 +27,11 @@ use crate::api::{Request, Response};
 use crate::control::ipam::mac_for;
 use crate::control::ipam::NodeIpam;
 use crate::control::node_view::ClusterView;
-use crate::dataplane::node::{Dataplane, NodeSetup, RemoteNode, Sizes};
+use crate::dataplane::node::{router_mac, Dataplane, NodeSetup, RemoteNode, Sizes};
 use crate::dataplane::tap::TapOptions;
 use crate::netlink::rt::RtNetlink;
 use crate::netlink::{Netlink, Ns};
-use crate::source::{self, Datastore, ObjectStore, SourceEvent};
+use crate::source::{self, Datastore, ObjectStore, SourceEvent, WiredNode, WiredReceiver};
 use podwire_core::ids::NodeId;
 
 /// VXLAN overhead subtracted from the underlay MTU for pod interfaces.
@@ -50,6 +50,10 @@ pub struct AgentConfig {
     pub node_ip: Option<std::net::Ipv4Addr>,
     /// How long this node's Node object outlives the agent (the etcd datastore).
     pub liveness_ttl: Duration,
+    /// The kubeconfig of the Kubernetes datastore (`None`: in-cluster configuration).
+    pub kubeconfig: Option<PathBuf>,
+    /// Also publish flannel's Node annotations (the Kubernetes datastore).
+    pub flannel_interop: bool,
     /// This node's name.
     pub node: String,
     /// State directory (IPAM).
@@ -172,7 +176,8 @@ async fn detect_underlay_mtu<N: Netlink>(nl: &N, view: &ClusterView) -> Option<u
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(config: AgentConfig) -> Result<()> {
     let (events_tx, mut events) = tokio::sync::mpsc::channel(source::EVENT_QUEUE);
-    let (source_name, source_task) = spawn_source(&config, events_tx);
+    let (wired_tx, wired_rx) = tokio::sync::watch::channel(None);
+    let (source_name, source_task) = spawn_source(&config, events_tx, wired_rx);
     let mut store = ObjectStore::default();
     let (view, cidr) = first_view(&config, &source_name, &mut store, &mut events).await?;
     let ipam = NodeIpam::open(&config.state_dir, cidr)
@@ -216,6 +221,14 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         }
         None => None,
     };
+    if let Some(ip) = view.local.internal_ip {
+        wired_tx.send_replace(Some(WiredNode {
+            public_ip: ip,
+            vtep_mac: router_mac(ip),
+            vni: config.vni.get(),
+            vxlan_port: config.vxlan_port,
+        }));
+    }
     tracing::info!(
         node = %config.node,
         pod_cidr = %cidr,
@@ -304,10 +317,12 @@ async fn serve<N: Netlink>(
     Ok(())
 }
 
-/// Starts the configured source; returns how status names it and its task.
+/// Starts the configured source; returns how status names it and its task. `wired`
+/// says when this node is wired, for a datastore that publishes it.
 fn spawn_source(
     config: &AgentConfig,
     events: source::EventSender,
+    wired: WiredReceiver,
 ) -> (String, tokio::task::JoinHandle<()>) {
     match config.datastore {
         Datastore::File => (
@@ -330,6 +345,21 @@ fn spawn_source(
                 events,
             )),
         ),
+        Datastore::Kubernetes => (
+            match &config.kubeconfig {
+                Some(k) => format!("kubernetes ({})", k.display()),
+                None => "kubernetes (in-cluster)".to_string(),
+            },
+            tokio::spawn(source::kubernetes::run(
+                source::kubernetes::Settings {
+                    kubeconfig: config.kubeconfig.clone(),
+                    node: config.node.clone(),
+                    flannel_interop: config.flannel_interop,
+                },
+                events,
+                wired,
+            )),
+        ),
     }
 }
 
@@ -344,7 +374,7 @@ async fn first_view(
     let mut last_problem = String::new();
     loop {
         let Some(event) = events.recv().await else {
-            bail!("the {source_name} source stopped before its first sync");
+            bail!("the {source_name} source stopped before its first sync: {last_problem}");
         };
         let problem = match event {
             SourceEvent::Unavailable(why) => why,

@@ -25,8 +25,9 @@ pub struct UpArgs {
     /// The agents busy-poll this many microseconds after traffic (0: off).
     #[arg(long)]
     pub busy_poll_us: Option<u64>,
-    /// Where the cluster state lives: `file` (a manifests file in the run directory)
-    /// or `etcd` (a 3-member etcd cluster in the lab's namespaces).
+    /// Where the cluster state lives: `file` (the lab's manifests), `etcd` (a
+    /// 3-member etcd cluster in the lab's namespaces) or `kubernetes`
+    /// (kube-apiserver, kube-controller-manager and etcd in the lab's namespaces).
     #[arg(long, value_enum)]
     pub datastore: Option<crate::source::Datastore>,
     /// A lab spec (YAML: nodes, podsPerNode, underlayMtu, underlayCidr, clusterCidr,
@@ -110,6 +111,10 @@ pub enum LabCommand {
     },
     /// Remove the lab (agents, namespaces, state), also after a crash or a half-built lab.
     Down,
+    /// Print the path of the admin kubeconfig of a lab on `--datastore kubernetes`,
+    /// for the kubectl that tests/k8s-build built, run inside the control plane's
+    /// namespace: ip netns exec pwlab-cp kubectl --kubeconfig PATH get nodes
+    Kubeconfig,
     /// Build a lab, check the network model with real traffic, print the results, remove it.
     Demo(UpArgs),
 }
@@ -175,6 +180,11 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
             let lab = Lab::load(&paths.run_dir)?;
             let code = lab::exec(&lab, &pod, &command)?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        LabCommand::Kubeconfig => {
+            let lab = Lab::load(&paths.run_dir)?;
+            println!("{}", lab.kubeconfig()?.display());
+            Ok(ExitCode::SUCCESS)
         }
         LabCommand::Down => {
             let removed = lab::down(&paths.prefix, &paths.run_dir);

@@ -114,6 +114,14 @@ pub struct AgentArgs {
     /// the other nodes drop its routes when it expires.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=3600))]
     pub etcd_node_ttl_s: u64,
+    /// kubeconfig of the API server (`--datastore kubernetes`; default: the in-cluster
+    /// configuration of the pod's service account).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Also publish flannel's Node annotations (`flannel.alpha.coreos.com/*`), so
+    /// flannel nodes reach this one (`--datastore kubernetes`).
+    #[arg(long, env = "PODWIRE_FLANNEL_INTEROP")]
+    pub flannel_interop: bool,
     /// This node's name (defaults to $NODE_NAME, then the hostname).
     #[arg(long, env = "NODE_NAME")]
     pub node: Option<String>,
@@ -351,6 +359,8 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         etcd: a.etcd.config(),
         node_ip: a.node_ip,
         liveness_ttl: Duration::from_secs(a.etcd_node_ttl_s),
+        kubeconfig: a.kubeconfig,
+        flannel_interop: a.flannel_interop,
         node,
         state_dir: a.state_dir,
         socket: a.socket,

@@ -173,7 +173,7 @@ impl Lab {
             ));
         }
         self.save()?;
-        self.write_manifests()?;
+        self.publish_state()?;
         Ok(out)
     }
 
@@ -208,7 +208,7 @@ impl Lab {
             ));
         }
         self.save()?;
-        self.write_manifests()?;
+        self.publish_state()?;
         Ok(out)
     }
 

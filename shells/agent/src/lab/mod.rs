@@ -17,6 +17,7 @@ pub mod apply;
 pub mod demo;
 pub mod etcd;
 pub mod flow;
+pub mod kubernetes;
 pub mod objects;
 pub mod serve;
 pub mod topology;
@@ -68,7 +69,9 @@ pub struct LabSpec {
     pub manifests: Vec<PathBuf>,
     /// The agents' `--dns-upstream` (empty: the node's resolv.conf).
     pub dns_upstreams: Vec<String>,
-    /// Where the cluster state lives (`etcd`: a 3-member etcd in the lab).
+    /// Where the cluster state lives: the lab's manifests file, a 3-member etcd in
+    /// the lab (`etcd`), or a Kubernetes control plane the lab runs in its own
+    /// namespace (`kubernetes`).
     pub datastore: crate::source::Datastore,
 }
 
@@ -255,6 +258,9 @@ pub struct Lab {
     /// The etcd cluster (`datastore: etcd`).
     #[serde(default)]
     pub etcd: Option<etcd::LabEtcd>,
+    /// The control plane and its sync state (`--datastore kubernetes`).
+    #[serde(default)]
+    pub kube: Option<kubernetes::KubeLab>,
 }
 
 fn progress(verbose: bool, msg: &str) {
@@ -294,6 +300,7 @@ impl Lab {
             extra_manifests: String::new(),
             objects: Default::default(),
             etcd: None,
+            kube: None,
         };
         lab.save()?;
         let t0 = Instant::now();
@@ -313,6 +320,8 @@ impl Lab {
                 lab.spec.cluster_net()?,
             )?);
             lab.save()?;
+        } else if lab.spec.datastore == crate::source::Datastore::Kubernetes {
+            lab.start_control_plane(verbose)?;
         }
         for i in 1..=lab.spec.nodes {
             let name = format!("node{i}");
@@ -328,11 +337,15 @@ impl Lab {
         lab.write_manifests()?;
         for i in 0..lab.nodes.len() {
             let n = lab.nodes[i].clone();
+            let cidr = match lab.kube {
+                Some(_) => "from kube-controller-manager".to_string(),
+                None => n.pod_cidr.to_string(),
+            };
             progress(
                 verbose,
                 &format!(
-                    "{}: netns {}, InternalIP {}, podCIDR {}",
-                    n.name, n.netns, n.ip, n.pod_cidr
+                    "{}: netns {}, InternalIP {}, podCIDR {cidr}",
+                    n.name, n.netns, n.ip
                 ),
             );
             add_netns(&n.netns)?;
@@ -347,6 +360,19 @@ impl Lab {
                 n.ip,
                 lab.spec.underlay_mtu,
             )?;
+            if let Some(k) = lab.kube.as_mut() {
+                let cidr = k.control_plane.register_node(&n.name, n.ip, None)?;
+                k.nodes.insert(n.name.clone());
+                lab.nodes[i].pod_cidr = cidr;
+                progress(
+                    verbose,
+                    &format!(
+                        "{}: registered; kube-controller-manager allocated {cidr}",
+                        n.name
+                    ),
+                );
+                lab.save()?;
+            }
             lab.install_cni(&n.name)?;
             lab.start_agent(&n.name)?;
         }
@@ -450,7 +476,7 @@ impl Lab {
             p.labels = labels;
         }
         self.save()?;
-        self.write_manifests()
+        self.publish_state()
     }
 
     /// Replaces the extra manifests appended to the cluster state (policies,
@@ -459,7 +485,7 @@ impl Lab {
     pub fn set_extra_manifests(&mut self, yaml: &str) -> Result<()> {
         self.extra_manifests = yaml.trim_start_matches("---\n").to_string();
         self.save()?;
-        self.write_manifests()
+        self.publish_state()
     }
 
     /// Writes the cluster state (write a temporary file, then rename it over the
@@ -517,6 +543,53 @@ impl Lab {
             y.push_str(&self.extra_manifests);
         }
         Ok(y)
+    }
+
+    /// Publishes the lab's cluster state: writes the manifests file and, on the
+    /// Kubernetes datastore, brings the API server to the same state.
+    pub fn publish_state(&mut self) -> Result<()> {
+        self.write_manifests()?;
+        if let Some(mut k) = self.kube.take() {
+            let synced = k.sync(self);
+            self.kube = Some(k);
+            self.save()?;
+            synced?;
+        }
+        Ok(())
+    }
+
+    fn start_control_plane(&mut self, verbose: bool) -> Result<()> {
+        let netns = format!("{}-cp", self.paths.prefix);
+        let o = self.spec.underlay_net()?.network().octets();
+        let address = Ipv4Addr::new(o[0], o[1], o[2], kubernetes::CONTROL_PLANE_HOST);
+        progress(
+            verbose,
+            &format!("control plane: netns {netns}, {address}: etcd, kube-apiserver, kube-controller-manager"),
+        );
+        add_netns(&netns)?;
+        attach_to_underlay(
+            &self.underlay,
+            &netns,
+            "vcp",
+            address,
+            self.spec.underlay_mtu,
+        )?;
+        let k = kubernetes::KubeLab::start(
+            &netns,
+            address,
+            &self.paths.run_dir,
+            self.spec.cluster_net()?,
+        )?;
+        self.kube = Some(k);
+        self.save()
+    }
+
+    /// The admin kubeconfig of the lab's API server (`--datastore kubernetes`).
+    pub fn kubeconfig(&self) -> Result<PathBuf> {
+        match &self.kube {
+            Some(k) => Ok(k.control_plane.admin_kubeconfig()),
+            None => bail!("this lab runs on the file datastore (lab up --datastore kubernetes has a kubeconfig)"),
+        }
     }
 
     fn install_cni(&self, node: &str) -> Result<()> {
@@ -684,7 +757,7 @@ impl Lab {
         };
         self.pods.push(pod.clone());
         self.save()?;
-        self.write_manifests()?;
+        self.publish_state()?;
         Ok(pod)
     }
 
@@ -748,7 +821,7 @@ impl Lab {
             None => bail!("no node {node}"),
         }
         self.save()?;
-        self.write_manifests()
+        self.publish_state()
     }
 
     /// Adds a namespace wired to the underlay like a node, but without an agent (a
@@ -770,20 +843,28 @@ impl Lab {
 
     /// The agent's datastore options for node `n`.
     fn datastore_args(&self, n: &LabNode) -> Vec<String> {
-        match &self.etcd {
-            Some(etcd) => vec![
+        if let Some(etcd) = &self.etcd {
+            return vec![
                 "--datastore".into(),
                 "etcd".into(),
                 "--etcd-endpoints".into(),
                 etcd.endpoints(),
                 "--node-ip".into(),
                 n.ip.to_string(),
-            ],
-            None => vec![
-                "--cluster".into(),
-                self.manifests_file().display().to_string(),
-            ],
+            ];
         }
+        if let Some(k) = &self.kube {
+            return vec![
+                "--datastore".into(),
+                "kubernetes".into(),
+                "--kubeconfig".into(),
+                k.agent_kubeconfig.display().to_string(),
+            ];
+        }
+        vec![
+            "--cluster".into(),
+            self.manifests_file().display().to_string(),
+        ]
     }
 
     /// Records the pod CIDR each agent took from its subnet lease (etcd).
@@ -809,6 +890,11 @@ impl Lab {
 /// A lab pod as the API server would list it (JSON, which is YAML): labels, node,
 /// hostname and subdomain, container ports, and the IP its CNI ADD returned.
 fn pod_document(p: &LabPod) -> Result<String> {
+    Ok(format!("{}\n", pod_object(p)))
+}
+
+/// [`pod_document`] as a JSON value.
+pub(crate) fn pod_object(p: &LabPod) -> serde_json::Value {
     let ports: Vec<serde_json::Value> = p
         .ports
         .iter()
@@ -830,18 +916,18 @@ fn pod_document(p: &LabPod) -> Result<String> {
     if let Some(d) = &p.subdomain {
         spec["subdomain"] = d.clone().into();
     }
-    let doc = serde_json::json!({
+    serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": p.name, "namespace": p.namespace, "labels": p.labels},
         "spec": spec,
         "status": {"podIP": p.ip.to_string(), "podIPs": [{"ip": p.ip.to_string()}]},
-    });
-    Ok(format!("{doc}\n"))
+    })
 }
 
-fn wait_gone(pid: u32) {
-    for _ in 0..200 {
+pub(crate) fn wait_gone(pid: u32) {
+    // Up to 15 s: a big process killed on a busy machine takes a while to go.
+    for _ in 0..1500 {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             return;
         }
@@ -910,6 +996,7 @@ pub fn down(prefix: &str, run_dir: &Path) -> Vec<String> {
             removed.push(format!("{what} pid {pid}"));
         }
     }
+    removed.extend(kubernetes::stop_all(run_dir));
     for ns in list_netns(&format!("{prefix}-")) {
         del_netns(&ns);
         removed.push(format!("netns {ns}"));
@@ -1262,6 +1349,7 @@ mod tests {
             extra_manifests: String::new(),
             objects: Default::default(),
             etcd: None,
+            kube: None,
         };
         lab.save().unwrap();
         lab.set_pod_labels(

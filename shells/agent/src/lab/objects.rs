@@ -139,15 +139,23 @@ impl LabObjects {
 
     /// Every object as a YAML document stream, slices included.
     pub fn manifests(&self, pods: &[LabPod]) -> Result<String> {
+        let mut docs = vec![self.api_manifests()?];
+        for slice in self.endpoint_slices(pods) {
+            docs.push(document("discovery.k8s.io/v1", "EndpointSlice", &slice)?);
+        }
+        docs.retain(|d| !d.is_empty());
+        Ok(docs.join("---\n"))
+    }
+
+    /// The applied objects without the EndpointSlices, for an API server whose
+    /// own controller writes them.
+    pub fn api_manifests(&self) -> Result<String> {
         let mut docs = Vec::new();
         for ns in self.namespaces.values() {
             docs.push(document("v1", "Namespace", ns)?);
         }
         for svc in self.services.values() {
             docs.push(document("v1", "Service", svc)?);
-        }
-        for slice in self.endpoint_slices(pods) {
-            docs.push(document("discovery.k8s.io/v1", "EndpointSlice", &slice)?);
         }
         for p in self.policies.values() {
             docs.push(document("networking.k8s.io/v1", "NetworkPolicy", p)?);

@@ -14,9 +14,11 @@
 
 pub mod etcd;
 pub mod file;
+pub mod kubernetes;
 pub mod store;
 
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 pub use store::{ObjectKey, ObjectStore};
@@ -118,6 +120,8 @@ pub enum Datastore {
     File,
     /// An etcd cluster (`--etcd-endpoints`), shared by every node.
     Etcd,
+    /// The Kubernetes API server (`--kubeconfig`, or the in-cluster configuration).
+    Kubernetes,
 }
 
 impl fmt::Display for Datastore {
@@ -125,6 +129,7 @@ impl fmt::Display for Datastore {
         f.write_str(match self {
             Datastore::File => "file",
             Datastore::Etcd => "etcd",
+            Datastore::Kubernetes => "kubernetes",
         })
     }
 }
@@ -137,3 +142,21 @@ pub const EVENT_QUEUE: usize = 4096;
 
 /// How long the agent waits after an event for more before it compiles.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// What the agent tells its datastore about its own node once the node is wired
+/// (dataplane running, VXLAN socket bound), so that a shared datastore can publish
+/// it for the other nodes and for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WiredNode {
+    /// The node's underlay address: where other nodes send its VXLAN traffic.
+    pub public_ip: Ipv4Addr,
+    /// The inner destination MAC other nodes address this node's VTEP with.
+    pub vtep_mac: [u8; 6],
+    /// The VXLAN network identifier.
+    pub vni: u32,
+    /// The VXLAN UDP port.
+    pub vxlan_port: u16,
+}
+
+/// The receiving half a source reads [`WiredNode`] from (`None` until wired).
+pub type WiredReceiver = tokio::sync::watch::Receiver<Option<WiredNode>>;

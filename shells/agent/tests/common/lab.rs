@@ -4,6 +4,7 @@
 
 use podwire_agent::lab::demo;
 use podwire_agent::lab::{down, Lab, LabPaths, LabSpec};
+use podwire_agent::source::Datastore;
 
 use super::{suffix, PODWIRE, PODWIRE_CNI};
 
@@ -56,6 +57,16 @@ pub fn lab_on_etcd(nodes: usize, pods: usize) -> LabGuard {
         nodes,
         pods_per_node: pods,
         datastore: podwire_agent::source::Datastore::Etcd,
+        ..LabSpec::default()
+    })
+}
+
+/// A lab whose cluster state lives in `datastore`.
+pub fn lab_on(nodes: usize, pods: usize, datastore: Datastore) -> LabGuard {
+    lab_with(LabSpec {
+        nodes,
+        pods_per_node: pods,
+        datastore,
         ..LabSpec::default()
     })
 }
