@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use k8s_openapi::api::core::v1::Pod;
 
 use super::objects::PodPort;
-use super::{topology, Lab};
+use super::{topology, Lab, PodExtras};
 use crate::control::manifests::{self, Object};
 use crate::control::node_view::ClusterView;
 
@@ -161,11 +161,13 @@ impl Lab {
                 out.push(format!("pod/{key} configured"));
                 continue;
             }
-            self.add_pod_with(&p.node, &p.namespace, &p.name, p.labels)?;
+            let extras = PodExtras {
+                ports: p.ports,
+                hostname: p.hostname,
+                subdomain: p.subdomain,
+            };
+            self.add_pod_as(&p.node, &p.namespace, &p.name, p.labels, extras)?;
             let i = self.pods.len() - 1;
-            self.pods[i].ports = p.ports;
-            self.pods[i].hostname = p.hostname;
-            self.pods[i].subdomain = p.subdomain;
             self.start_server(i)?;
             out.push(format!(
                 "pod/{key} created ({} on {})",

@@ -640,8 +640,8 @@ impl KubeLab {
             }
         }
         let mut docs = Vec::new();
-        // Namespaces applied with `lab apply` come with their labels among the
-        // applied objects below.
+        // Namespaces applied with `lab apply` keep their labels; the others a pod
+        // needs exist plain, as kubectl's namespace of a pod must.
         let namespaces: std::collections::BTreeSet<&str> = std::iter::once(super::POD_NAMESPACE)
             .chain(lab.pods.iter().map(|p| p.namespace.as_str()))
             .filter(|ns| !lab.objects.namespaces.contains_key(*ns))
@@ -650,6 +650,7 @@ impl KubeLab {
             docs.push(serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
                                           "metadata": {"name": ns}}));
         }
+        docs.extend(lab.objects.namespace_objects()?);
         for p in &lab.pods {
             // The status is the kubelet's to report (below), not part of the spec.
             let mut doc = super::pod_object(p);

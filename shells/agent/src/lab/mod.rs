@@ -236,6 +236,17 @@ pub struct LabPod {
     pub server_pid: u32,
 }
 
+/// What a pod is created with besides its name and labels.
+#[derive(Debug, Clone, Default)]
+pub struct PodExtras {
+    /// Its containers' ports.
+    pub ports: Vec<objects::PodPort>,
+    /// `spec.hostname`.
+    pub hostname: Option<String>,
+    /// `spec.subdomain`.
+    pub subdomain: Option<String>,
+}
+
 /// A lab: what was built (persisted in `state.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Lab {
@@ -726,6 +737,19 @@ impl Lab {
         name: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<LabPod> {
+        self.add_pod_as(node, namespace, name, labels, PodExtras::default())
+    }
+
+    /// [`Lab::add_pod_with`], with the container ports, hostname and subdomain the
+    /// pod is listed with from the start (a pod's spec cannot change later).
+    pub fn add_pod_as(
+        &mut self,
+        node: &str,
+        namespace: &str,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        extras: PodExtras,
+    ) -> Result<LabPod> {
         let n = self.node(node)?.clone();
         if self.pod(&format!("{namespace}/{name}")).is_ok() {
             bail!("pod {namespace}/{name} already exists in the lab");
@@ -750,9 +774,9 @@ impl Lab {
             node: n.name,
             netns,
             ip,
-            ports: Vec::new(),
-            hostname: None,
-            subdomain: None,
+            ports: extras.ports,
+            hostname: extras.hostname,
+            subdomain: extras.subdomain,
             server_pid: 0,
         };
         self.pods.push(pod.clone());

@@ -147,13 +147,22 @@ impl LabObjects {
         Ok(docs.join("---\n"))
     }
 
+    /// The applied Namespaces as JSON objects with their apiVersion and kind.
+    pub fn namespace_objects(&self) -> Result<Vec<serde_json::Value>> {
+        self.namespaces
+            .values()
+            .map(|ns| object("v1", "Namespace", ns))
+            .collect()
+    }
+
     /// The applied objects without the EndpointSlices, for an API server whose
     /// own controller writes them.
     pub fn api_manifests(&self) -> Result<String> {
-        let mut docs = Vec::new();
-        for ns in self.namespaces.values() {
-            docs.push(document("v1", "Namespace", ns)?);
-        }
+        let mut docs: Vec<String> = self
+            .namespace_objects()?
+            .into_iter()
+            .map(|o| format!("{o}\n"))
+            .collect();
         for svc in self.services.values() {
             docs.push(document("v1", "Service", svc)?);
         }
@@ -164,12 +173,17 @@ impl LabObjects {
     }
 }
 
-/// One object as a JSON document (JSON is YAML) with its apiVersion and kind.
-fn document<T: Serialize>(api_version: &str, kind: &str, object: &T) -> Result<String> {
-    let mut v = serde_json::to_value(object)?;
+/// One object as JSON with its apiVersion and kind.
+fn object<T: Serialize>(api_version: &str, kind: &str, o: &T) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(o)?;
     v["apiVersion"] = api_version.into();
     v["kind"] = kind.into();
-    Ok(format!("{v}\n"))
+    Ok(v)
+}
+
+/// One object as a JSON document (JSON is YAML) with its apiVersion and kind.
+fn document<T: Serialize>(api_version: &str, kind: &str, o: &T) -> Result<String> {
+    Ok(format!("{}\n", object(api_version, kind, o)?))
 }
 
 /// The EndpointSlice of a selecting Service, from the pods whose labels match.
