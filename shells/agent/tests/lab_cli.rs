@@ -47,6 +47,20 @@ impl Drop for CliLab {
     }
 }
 
+/// The demo's table has no FAIL row and its summary says every check passed.
+fn assert_every_check_passed(stdout: &str) {
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    let summary = stdout.lines().last().unwrap();
+    let (passed, total) = summary
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .split_once('/')
+        .unwrap();
+    assert_eq!(passed, total, "{summary}");
+    assert!(summary.ends_with("checks passed"), "{summary}");
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -93,16 +107,7 @@ fn lab_demo_passes_every_check_prints_the_table_and_cleans_up() {
             "{stdout}"
         );
     }
-    assert!(!stdout.contains("FAIL"), "{stdout}");
-    let summary = stdout.lines().last().unwrap();
-    let (passed, total) = summary
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .split_once('/')
-        .unwrap();
-    assert_eq!(passed, total, "{summary}");
-    assert!(summary.ends_with("checks passed"), "{summary}");
+    assert_every_check_passed(&stdout);
     // Progress went to stderr while building.
     assert!(
         text(&out.stderr).contains("lab up in"),
@@ -140,15 +145,7 @@ fn lab_demo_on_etcd_passes_and_leaves_no_member_behind() {
         "{}",
         text(&out.stderr)
     );
-    assert!(!stdout.contains("FAIL"), "{stdout}");
-    let summary = stdout.lines().last().unwrap();
-    let (passed, total) = summary
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .split_once('/')
-        .unwrap();
-    assert_eq!(passed, total, "{summary}");
+    assert_every_check_passed(&stdout);
     assert!(lab.namespaces().is_empty(), "{:?}", lab.namespaces());
     let members = std::fs::read_dir("/proc")
         .unwrap()
